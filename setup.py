@@ -1,25 +1,46 @@
+"""The package `cogvlm` is this repository: its folders (models/, utils/, basic_demo/, finetune_demo/) are the
+subpackages, in the places the published repository has them. Exact tested versions are in constraints.txt."""
 from setuptools import setup
+
+SUBPACKAGES = [
+    "models",
+    "utils",
+    "utils.preprocessing",
+    "utils.inference",
+    "utils.checkpoint_io",
+    "utils.parallel",
+    "utils.training",
+    "utils.grounding",
+    "basic_demo",
+    "finetune_demo",
+]
 
 setup(
     name="cogvlm-sat",
-    version="0.1.0",
+    version="0.2.0",
     description="CogVLM and CogAgent on SwissArmyTransformer: the published checkpoints, on GPUs and on a CPU",
     python_requires=">=3.10",
-    packages=["models", "utils"],
+    packages=["cogvlm"] + [f"cogvlm.{name}" for name in SUBPACKAGES],
+    package_dir={"cogvlm": "."},
+    # The embedded default model, so that `cogvlm-cli` answers out of the box, and the demos' shell/config files.
+    package_data={"cogvlm": ["checkpoints/captcha-tiny/*", "checkpoints/captcha-tiny/*/*"],
+                  "cogvlm.finetune_demo": ["*.sh", "*.json"]},
     install_requires=[
-        "torch==2.13.0",
-        "swissarmytransformer==0.4.12",
-        "deepspeed==0.19.8",
+        "torch>=2.4,<3",
+        "swissarmytransformer>=0.4.12,<0.5",
+        "deepspeed>=0.14",
         # imported by `import sat` but not declared by it
-        "triton==3.9.0",
+        "triton",
         "wandb",
         "requests",
-        "sentencepiece==0.2.3",
+        "sentencepiece>=0.2",
         "einops",
         "pillow>=10",
         "tqdm",
         "filelock",             # the download lock
         "boto3",                # signs the published r2:// URLs (no network needed to sign)
+        "safetensors",          # Hugging Face checkpoints
+        "huggingface_hub",      # finding a tokenizer in the local Hugging Face cache
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "captcha>=0.7"],
@@ -28,4 +49,11 @@ setup(
         # phrase/box pairing with spaCy noun chunks; also run `python -m spacy download en_core_web_sm`
         "grounding": ["spacy>=3.7"],
     },
+    entry_points={"console_scripts": [
+        "cogvlm-cli = cogvlm.basic_demo.cli_demo_sat:main",
+        "cogvlm-evaluate = cogvlm.finetune_demo.evaluate:main",
+        "cogvlm-merge-model = cogvlm.utils.merge_model:main",
+        "cogvlm-convert-hf-checkpoint = cogvlm.utils.convert_hf_checkpoint:main",
+        "cogvlm-split-dataset = cogvlm.utils.split_dataset:main",
+    ]},
 )

@@ -15,12 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # run from a clone without installing, as the published script does
+from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
+from cogvlm.utils.inference.messages import message
 
-from utils.messages import message  # noqa: E402  (imports nothing heavy)
-
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "captcha-tiny"     # a small CogVLM that reads captchas
+DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"     # a small CogVLM that reads captchas
 STOP, CLEAR = "stop", "clear"
 
 
@@ -137,7 +135,7 @@ class BoxDrawer:
         self.console, self.output_dir, self.count = console, Path(output_dir), 0
 
     def __call__(self, picture, response: str) -> None:
-        from utils.grounding import draw_boxes, ground_phrases, parse_boxes
+        from cogvlm.utils.grounding.boxes import draw_boxes, ground_phrases, parse_boxes
 
         if self.console.rank != 0 or not parse_boxes(response):
             return
@@ -152,7 +150,7 @@ class BoxDrawer:
 
 
 def interactive(chat, console: Console, sampling, stream: bool, draw: BoxDrawer) -> None:
-    from utils.image_processor import load_image
+    from cogvlm.utils.preprocessing.image_processor import load_image
 
     console.say(message("welcome", console.chinese))
     while True:
@@ -194,8 +192,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from utils.chat import ChatModel
-    from utils.generation import SamplingConfig
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.inference.generation import SamplingConfig
 
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,7 +210,7 @@ def main(argv=None) -> int:
 
     draw = BoxDrawer(console, args.output_dir)
     if args.image is not None:
-        from utils.image_processor import load_image
+        from cogvlm.utils.preprocessing.image_processor import load_image
 
         try:
             picture = console.from_first_rank(lambda: load_image(args.image))
@@ -228,4 +226,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    warn_if_other_checkout(__file__)
     sys.exit(main())

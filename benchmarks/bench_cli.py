@@ -17,7 +17,7 @@ IMAGE = str(REPO_ROOT / "checkpoints" / "cogvlm-tiny" / "example.png")
 COMMANDS = {
     "cli --help": [sys.executable, CLI, "--help"],
     "import torch": [sys.executable, "-c", "import torch"],
-    "import the model stack (torch + sat + models)": [sys.executable, "-c", "import utils.chat, models.cogvlm"],
+    "import the model stack (torch + sat + models)": [sys.executable, "-c", "import cogvlm.utils.inference.chat, cogvlm.models.cogvlm"],
     "one-shot answer, 8 new tokens": [sys.executable, CLI, "--image", IMAGE, "--query", "What is it?",
                                       "--max_length", "40"],
 }

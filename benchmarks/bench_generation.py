@@ -14,18 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+import torch
 
-import torch  # noqa: E402
+from cogvlm.utils.checkpoint_io.loading import load_model
+from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
+from cogvlm.utils.preprocessing.text_processor import TextProcessor
+from cogvlm.utils.preprocessing.tokenizer import LlamaTokenizer
+from cogvlm.models.mlp_adapter import ImageInputs
 
-from utils.checkpoint import load_model  # noqa: E402
-from utils.generation import Prompt, SamplingConfig, generate  # noqa: E402
-from utils.text_processor import TextProcessor  # noqa: E402
-from utils.tokenizer import LlamaTokenizer  # noqa: E402
-from models.mlp_adapter import ImageInputs  # noqa: E402
+from cogvlm import PACKAGE_ROOT
 
-TOKENIZER = REPO_ROOT / "checkpoints" / "cogvlm-tiny"
+TOKENIZER = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
 FILLER = "Describe the button in the top left corner of this image and click it. "
 
 

@@ -8,15 +8,14 @@ Used by evaluate_cogvlm.sh and evaluate_cogagent.sh.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cogvlm import warn_if_other_checkout
 
 
 def evaluate(chat, folder, query: str, max_new_tokens: int):
     """(AccuracyRow, skipped image count, [(label, prediction)]) for one folder."""
-    from utils.finetune_data import AccuracyRow, captcha_samples, exact_match, load_images_skipping_bad
-    from utils.generation import SamplingConfig
+    from cogvlm.utils.training.data import AccuracyRow, captcha_samples, exact_match, load_images_skipping_bad
+    from cogvlm.utils.inference.generation import SamplingConfig
 
     loaded, skipped = load_images_skipping_bad(captcha_samples(folder, query))
     predictions, labels = [], []
@@ -43,8 +42,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from utils.chat import ChatModel
-    from utils.finetune_data import CAPTCHA_QUERY, format_accuracy_table
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.training.data import CAPTCHA_QUERY, format_accuracy_table
 
     try:
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version,
@@ -66,4 +65,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    warn_if_other_checkout(__file__)
     sys.exit(main())

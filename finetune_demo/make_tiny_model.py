@@ -2,18 +2,16 @@
 
     python finetune_demo/make_tiny_model.py --out checkpoints/captcha-tiny-init [--seed 0]
 
-The configuration is models.config.CAPTCHA_TINY_CONFIG; the tokenizer is the test fixture's (vocab 512, digits
+The configuration is cogvlm.models.config.CAPTCHA_TINY_CONFIG; the tokenizer is the test fixture's (vocab 512, digits
 split into single tokens), copied next to the weights so that the folder is a complete checkpoint.
 """
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from cogvlm import PACKAGE_ROOT
 
-TOKENIZER = REPO_ROOT / "tests" / "fixtures" / "cogvlm-tiny" / "tokenizer.model"
+TOKENIZER = PACKAGE_ROOT / "checkpoints" / "captcha-tiny" / "tokenizer.model"
 
 
 def main(argv=None) -> Path:
@@ -22,9 +20,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from models.config import CAPTCHA_TINY_CONFIG
-    from utils.checkpoint import build_model, save_model
-    from utils.finetune import init_weights
+    from cogvlm.models.config import CAPTCHA_TINY_CONFIG
+    from cogvlm.utils.checkpoint_io.loading import build_model, save_model
+    from cogvlm.utils.training.finetune import init_weights
 
     model = build_model(CAPTCHA_TINY_CONFIG, device="cpu")
     init_weights(model, args.seed)

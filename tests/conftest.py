@@ -35,7 +35,7 @@ def cogvlm_cases():
 
 @pytest.fixture(scope="session")
 def cogvlm_model():
-    from utils.checkpoint import load_model
+    from cogvlm.utils.checkpoint_io.loading import load_model
 
     model, _ = load_model(COGVLM_TINY / "checkpoint")
     return model
@@ -48,7 +48,7 @@ def cogagent_cases():
 
 @pytest.fixture(scope="session")
 def cogagent_model():
-    from utils.checkpoint import load_model
+    from cogvlm.utils.checkpoint_io.loading import load_model
 
     model, _ = load_model(COGAGENT_TINY / "checkpoint")
     return model

@@ -9,13 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from models.mlp_adapter import ImageInputs  # noqa: E402
-from utils.checkpoint import load_model, save_model  # noqa: E402
-from utils.generation import Prompt, SamplingConfig, generate  # noqa: E402
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.loading import load_model, save_model
+from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
 
 
 def main():

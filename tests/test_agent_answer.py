@@ -1,9 +1,9 @@
-"""Tests for utils.agent_answer: CogAgent-18B answers as published, and parse/format properties."""
+"""Tests for cogvlm.utils.grounding.agent_answer: CogAgent-18B answers as published, and parse/format properties."""
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from utils.agent_answer import (
+from cogvlm.utils.grounding.agent_answer import (
     AgentAnswer,
     GroundedOperation,
     format_agent_answer,
@@ -11,7 +11,7 @@ from utils.agent_answer import (
     parse_agent_answer,
     parse_grounded_operation,
 )
-from utils.grounding import MAX_COORDINATE, Box
+from cogvlm.utils.grounding.boxes import MAX_COORDINATE, Box
 
 # The README's "(with grounding)" answer, on one line as in the brief and on three lines as in the README.
 README_ANSWER = (

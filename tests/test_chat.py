@@ -10,9 +10,9 @@ import pytest
 import sentencepiece
 import torch
 
-from utils.chat import REPLACEMENT_CHARACTER, ChatModel, TokenizerMismatchError, resolve_tokenizer
-from utils.generation import SamplingConfig
-from utils.tokenizer import TOKENIZER_FILENAME, TokenizerNotFoundError
+from cogvlm.utils.inference.chat import REPLACEMENT_CHARACTER, ChatModel, TokenizerMismatchError, resolve_tokenizer
+from cogvlm.utils.inference.generation import SamplingConfig
+from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, TokenizerNotFoundError
 from conftest import checkpoint_copy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cogvlm-tiny"
@@ -187,7 +187,7 @@ def fake_generation(monkeypatch, token_ids):
         calls.append(stop_token_ids)
         yield from token_ids
 
-    monkeypatch.setattr("utils.chat.generate", generate)
+    monkeypatch.setattr("cogvlm.utils.inference.chat.generate", generate)
     return calls
 
 

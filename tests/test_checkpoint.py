@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from utils.checkpoint import CheckpointError, load_model, read_state_dict, save_model, states_file
+from cogvlm.utils.checkpoint_io.loading import CheckpointError, load_model, read_state_dict, save_model, states_file
 from conftest import COGAGENT_TINY, COGVLM_TINY
 
 CHECKPOINT = COGVLM_TINY / "checkpoint"

@@ -70,7 +70,7 @@ def cli():
 
 @pytest.fixture(scope="module")
 def chat():
-    from utils.chat import ChatModel
+    from cogvlm.utils.inference.chat import ChatModel
 
     return ChatModel.from_pretrained(CHECKPOINT, str(TOKENIZER))
 
@@ -221,8 +221,8 @@ def test_history_is_used_and_clear_resets_it(run, chat, monkeypatch):
     """A random model never stops early, so its first answer fills max_length and the second turn's prompt (with
     that answer as history) cannot fit: the CLI says so, with the length of the prompt ChatModel builds from the
     history [(first query, first printed answer)]. A failed turn is not added to the history; "clear" drops it."""
-    from utils.chat import ChatModel
-    from utils.generation import SamplingConfig
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.inference.generation import SamplingConfig
 
     prompts = []                       # (query, history) of every prompt the CLI asks ChatModel to build
     original_prompt = ChatModel.prompt
@@ -254,7 +254,7 @@ def test_history_is_used_and_clear_resets_it(run, chat, monkeypatch):
 
 
 def test_bad_input_is_a_one_line_error_and_the_session_goes_on(run, chat, tmp_path):
-    from utils.generation import SamplingConfig
+    from cogvlm.utils.inference.generation import SamplingConfig
 
     a_directory = tmp_path / "folder.png"
     a_directory.mkdir()
@@ -404,8 +404,8 @@ def test_answer_with_boxes_is_drawn_and_its_png_path_printed(run, monkeypatch, t
     """The random-weight model never writes boxes, so the answer is stubbed; the CLI's drawing path is real."""
     from PIL import Image
 
-    from utils.chat import ChatModel
-    from utils.grounding import BOX_COLORS
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.grounding.boxes import BOX_COLORS
 
     monkeypatch.setattr(ChatModel, "answer", lambda *a, **k: "The red square [[000,000,500,500]] is there.")
     code, out, err = run([*FIXTURE_ARGS, "--output_dir", tmp_path / "drawn"],

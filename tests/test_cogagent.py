@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from models.config import CogAgentConfig, EVAConfig, EVALargeConfig, LanguageConfig
-from models.mlp_adapter import ImageInputs
-from models.state_dict_adapter import to_published
+from cogvlm.models.config import CogAgentConfig, EVAConfig, EVALargeConfig, LanguageConfig
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
 from reference_cogvlm import cogvlm_logits
 from test_cogvlm import CharTokenizer, random_model
-from utils.generation import Prompt, SamplingConfig, decode_one_token, generate, prefill
-from utils.text_processor import TextProcessor
+from cogvlm.utils.inference.generation import Prompt, SamplingConfig, decode_one_token, generate, prefill
+from cogvlm.utils.preprocessing.text_processor import TextProcessor
 
 ATOL = RTOL = 1e-5
 CASES = ["base_describe", "chat_describe", "chat_old_count", "vqa_color", "chat_history", "chat_old_history",

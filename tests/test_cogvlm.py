@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from models.config import CogVLMConfig, EVAConfig, LanguageConfig
-from models.mlp_adapter import ImageInputs
-from models.state_dict_adapter import to_published
+from cogvlm.models.config import CogVLMConfig, EVAConfig, LanguageConfig
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
 from reference_cogvlm import cogvlm_logits
-from utils.checkpoint import build_model
-from utils.text_processor import TextProcessor
+from cogvlm.utils.checkpoint_io.loading import build_model
+from cogvlm.utils.preprocessing.text_processor import TextProcessor
 
 ATOL = RTOL = 1e-5      # the fixture README's tolerance for fp32
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from models.config import PUBLISHED_CONFIGS, TINY_COGAGENT_CONFIG, TINY_CONFIG, CogAgentConfig, CogVLMConfig
+from cogvlm.models.config import PUBLISHED_CONFIGS, TINY_COGAGENT_CONFIG, TINY_CONFIG, CogAgentConfig, CogVLMConfig
 from conftest import COGAGENT_TINY, COGVLM_TINY
 
 

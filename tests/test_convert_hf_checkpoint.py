@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.config import PUBLISHED_CONFIGS
-from models.mlp_adapter import ImageInputs
-from utils.checkpoint import config_from_model_config, load_model, read_model_config, read_state_dict, states_file
-from utils.convert_hf_checkpoint import (BIN_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX, ConversionError,
+from cogvlm.models.config import PUBLISHED_CONFIGS
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.loading import config_from_model_config, load_model, read_model_config, read_state_dict, states_file
+from cogvlm.utils.checkpoint_io.hf_conversion import (BIN_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX, ConversionError,
                                          config_from_hf, hf_config_from, hf_to_sat, is_hf_checkpoint, main,
                                          parse_size, read_hf_state_dict, sat_to_hf)
 from conftest import COGAGENT_TINY, COGVLM_TINY, checkpoint_copy
@@ -217,7 +217,7 @@ def test_parse_size():
 
 
 def test_loading_a_hugging_face_folder_names_the_conversion_command(tmp_path):
-    from utils.checkpoint import CheckpointError, load_model
+    from cogvlm.utils.checkpoint_io.loading import CheckpointError, load_model
 
     hf = sat_to_hf(COGVLM_TINY / "checkpoint", tmp_path / "hf")
     with pytest.raises(CheckpointError, match="Hugging Face checkpoint; convert it once with `python utils/convert_hf"):

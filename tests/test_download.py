@@ -1,4 +1,4 @@
-"""Tests for utils.download against a loopback HTTP server that misbehaves on request: 404s, cut connections,
+"""Tests for cogvlm.utils.checkpoint_io.download against a loopback HTTP server that misbehaves on request: 404s, cut connections,
 ignored Range headers, corrupt archives, concurrent processes."""
 import functools
 import hashlib
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-import utils.download as download_module
-from utils.download import (MODEL_SHA256, MODEL_URLS, SAT_R2_ACCOUNT, DownloadError, download, ensure_model,
+import cogvlm.utils.checkpoint_io.download as download_module
+from cogvlm.utils.checkpoint_io.download import (MODEL_SHA256, MODEL_URLS, SAT_R2_ACCOUNT, DownloadError, download, ensure_model,
                             resolve_url, sat_home)
 
 REPO_ROOT = Path(__file__).parent.parent
@@ -247,7 +247,7 @@ def test_existing_folder_needs_no_network(server, home, monkeypatch):
     assert server.ranges == []
 
 
-SNIPPET = ("import sys; from utils.download import ensure_model; "
+SNIPPET = ("import sys; from cogvlm.utils.checkpoint_io.download import ensure_model; "
            "print(ensure_model(sys.argv[1], url=sys.argv[2], home=sys.argv[3], progress=False))")
 
 
@@ -364,7 +364,7 @@ def test_sat_home(monkeypatch, tmp_path):
 
 def test_load_model_by_name_downloads_from_a_mirror_then_works_offline(server, home, monkeypatch):
     """The path users take: `--from_pretrained <name>` with COGVLM_MIRROR set, then again with the folder there."""
-    from utils.checkpoint import load_model
+    from cogvlm.utils.checkpoint_io.loading import load_model
 
     monkeypatch.setenv("COGVLM_MIRROR", server.url)
     model, config = load_model(NAME)

@@ -1,7 +1,7 @@
 import torch
 
-from models.config import EVAConfig
-from models.eva_clip import EVA2CLIPEncoder
+from cogvlm.models.config import EVAConfig
+from cogvlm.models.eva_clip import EVA2CLIPEncoder
 
 
 def test_encoder_matches_published_eva_output(cogvlm_model, cogvlm_cases):

@@ -1,8 +1,8 @@
 import torch
 
-from models.config import EVALargeConfig
-from models.eva_clip_l import EVA2CLIPLarge, VisionRotaryEmbedding
-from utils.checkpoint import read_state_dict, states_file
+from cogvlm.models.config import EVALargeConfig
+from cogvlm.models.eva_clip_l import EVA2CLIPLarge, VisionRotaryEmbedding
+from cogvlm.utils.checkpoint_io.loading import read_state_dict, states_file
 from conftest import COGAGENT_TINY
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from sat.model.finetune.lora2 import LoraMixin
 
-from models.config import CAPTCHA_TINY_CONFIG
-from utils.chat import ChatModel
-from utils.checkpoint import build_model
-from utils.finetune import (IGNORE_INDEX, CaptionDataset, Processors, TrainableParts, collate, freeze,
+from cogvlm.models.config import CAPTCHA_TINY_CONFIG
+from cogvlm.utils.inference.chat import ChatModel
+from cogvlm.utils.checkpoint_io.loading import build_model
+from cogvlm.utils.training.finetune import (IGNORE_INDEX, CaptionDataset, Processors, TrainableParts, collate, freeze,
                             init_weights, next_token_loss, trainable_parameters, training_example)
-from utils.finetune_data import Sample
+from cogvlm.utils.training.data import Sample
 from conftest import COGVLM_TINY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def test_a_short_training_run_lowers_the_loss_and_writes_a_checkpoint_that_loads
     assert "validation loss at iteration 40" in log and "acc_w/o_case" in log
     assert sorted(p.name for p in (tmp_path / "trained").iterdir()) == ["1", "latest", "model_config.json",
                                                                        "tokenizer.model"]
-    from utils.checkpoint import load_model
+    from cogvlm.utils.checkpoint_io.loading import load_model
     (run_dir,) = (tmp_path / "runs").iterdir()                # SAT's own save during training (its module names)
     load_model(run_dir)
     test_image = next((tmp_path / "split" / "test").iterdir())

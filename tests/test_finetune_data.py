@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from utils.finetune_data import (CAPTCHA_QUERY, AccuracyRow, Sample, SkippedDataWarning, captcha_samples,
+from cogvlm.utils.training.data import (CAPTCHA_QUERY, AccuracyRow, Sample, SkippedDataWarning, captcha_samples,
                                  exact_match, format_accuracy_table, load_images_skipping_bad, sft_samples)
-from utils.image_processor import load_image
+from cogvlm.utils.preprocessing.image_processor import load_image
 
 CONVERSATION = {"conversations": [
     {"role": "user", "content": "What animal is this?"},

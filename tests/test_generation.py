@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models.mlp_adapter import ImageInputs
-from utils.generation import (Prompt, PromptTooLongError, SamplingConfig, decode_one_token, generate, prefill,
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.inference.generation import (Prompt, PromptTooLongError, SamplingConfig, decode_one_token, generate, prefill,
                               sample_next_token)
 
 EOS = 2

@@ -1,4 +1,4 @@
-"""Tests for utils.grounding: box parsing, thousandths <-> pixels, phrase grounding and drawing."""
+"""Tests for cogvlm.utils.grounding.boxes: box parsing, thousandths <-> pixels, phrase grounding and drawing."""
 import subprocess
 import sys
 import types
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from utils import grounding
-from utils.grounding import (
+from cogvlm.utils.grounding import boxes as grounding
+from cogvlm.utils.grounding.boxes import (
     BOX_COLORS,
     DEFAULT_SPACY_PIPELINE,
     MAX_COORDINATE,
@@ -303,7 +303,7 @@ def test_spacy_not_installed_falls_back(monkeypatch, fresh_default_nlp):
 
 def test_import_has_no_heavy_side_effects():
     code = (
-        "import sys; import utils.grounding, utils.templates, utils.agent_answer; "
+        "import sys; import cogvlm.utils.grounding.boxes, cogvlm.utils.grounding.templates, cogvlm.utils.grounding.agent_answer; "
         "print(sorted(m for m in ('spacy', 'torch', 'PIL') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""Tests for utils.image_processor: bit-exact preprocessing and clear load errors."""
+"""Tests for cogvlm.utils.preprocessing.image_processor: bit-exact preprocessing and clear load errors."""
 import functools
 import http.server
 import threading
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from utils.image_processor import CLIP_MEAN, CLIP_STD, ImageLoadError, ImageProcessor, load_image
+from cogvlm.utils.preprocessing.image_processor import CLIP_MEAN, CLIP_STD, ImageLoadError, ImageProcessor, load_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGE_PATH = FIXTURES / "cogvlm-tiny" / "image.png"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.kv_cache import KVCache
+from cogvlm.models.kv_cache import KVCache
 
 
 def test_update_writes_in_place_and_returns_all_positions():

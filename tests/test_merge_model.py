@@ -7,9 +7,9 @@ import pytest
 import torch
 from sat.model.finetune.lora2 import LoraMixin
 
-from models.mlp_adapter import ImageInputs
-from utils.checkpoint import load_model, read_state_dict, save_model, states_file
-from utils.merge_model import fold_lora, main
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.loading import load_model, read_state_dict, save_model, states_file
+from cogvlm.utils.checkpoint_io.merging import fold_lora, main
 from conftest import COGVLM_TINY, run_under_torchrun
 
 SCRIPT = Path(__file__).resolve().parent.parent / "utils" / "merge_model.py"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.mlp_adapter import ImageInputs, ImageTokenMismatchError
+from cogvlm.models.mlp_adapter import ImageInputs, ImageTokenMismatchError
 
 
 def test_adapter_matches_published_image_embeds(cogvlm_model, cogvlm_cases):

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from models.config import TINY_CONFIG
-from models.mlp_adapter import ImageInputs
-from utils.checkpoint import CheckpointError, build_model, load_model, read_state_dict, states_file
-from utils.model_parallel import Split, check_divisible, merge, shard, split_plan
+from cogvlm.models.config import TINY_CONFIG
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.checkpoint_io.loading import CheckpointError, build_model, load_model, read_state_dict, states_file
+from cogvlm.utils.parallel.model_parallel import Split, check_divisible, merge, shard, split_plan
 from conftest import COGAGENT_TINY, COGVLM_TINY
 
 FIXTURES = {"cogvlm-tiny": COGVLM_TINY, "cogagent-tiny": COGAGENT_TINY}
@@ -40,7 +40,7 @@ def test_strided_shard_takes_each_block_part():
 def test_shard_then_merge_is_exact(fixture, size):
     full = read_state_dict(states_file(fixture / "checkpoint"))
     config = json.loads((fixture / "checkpoint" / "model_config.json").read_text())
-    from utils.checkpoint import config_from_model_config
+    from cogvlm.utils.checkpoint_io.loading import config_from_model_config
     plan = split_plan(build_model(config_from_model_config(config)))
     shards = [shard(full, plan, rank, size) for rank in range(size)]
     assert shards[0]["transformer.layers.0.mlp.dense_h_to_4h.weight"].shape[0] == 128 // size

@@ -1,6 +1,6 @@
 import torch
 
-from models.rotary import RotaryEmbedding, apply_rotary
+from cogvlm.models.rotary import RotaryEmbedding, apply_rotary
 
 
 def test_rotation_matches_complex_multiplication_and_keeps_norms():

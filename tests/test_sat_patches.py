@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils import sat_patches
+from cogvlm.utils.training import sat_patches
 
 
 def test_the_patched_sat_code_is_still_what_the_patch_was_written_for():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.split_dataset import SPLITS, image_files, main, split, split_counts
+from cogvlm.utils.training.splits import SPLITS, image_files, main, split, split_counts
 
 
 def _make_files(folder: Path, count: int) -> set[str]:

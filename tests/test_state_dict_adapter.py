@@ -1,6 +1,6 @@
 import pytest
 
-from models.state_dict_adapter import from_published, to_published
+from cogvlm.utils.checkpoint_io.state_dict_adapter import from_published, to_published
 from conftest import COGAGENT_TINY, COGVLM_TINY
 
 

@@ -1,8 +1,8 @@
-"""Tests for utils.templates: the published grounding / agent prompts, filled exactly as the published demos do."""
+"""Tests for cogvlm.utils.grounding.templates: the published grounding / agent prompts, filled exactly as the published demos do."""
 import pytest
 
-from utils.grounding import Box, parse_boxes
-from utils.templates import (
+from cogvlm.utils.grounding.boxes import Box, parse_boxes
+from cogvlm.utils.grounding.templates import (
     AGENT_TASK_TEMPLATE,
     GROUNDING_SUFFIX,
     GROUNDING_TEMPLATES,

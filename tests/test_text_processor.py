@@ -1,4 +1,4 @@
-"""Tests for utils.text_processor: exact parity with the reference fixtures plus rule-based checks."""
+"""Tests for cogvlm.utils.preprocessing.text_processor: exact parity with the reference fixtures plus rule-based checks."""
 from pathlib import Path
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from utils.text_processor import (
+from cogvlm.utils.preprocessing.text_processor import (
     IMAGE_SLOT,
     PROMPT_TEMPLATES,
     TEXT_PROCESSOR_VERSIONS,
@@ -17,7 +17,7 @@ from utils.text_processor import (
     build_prompt,
     remove_image_slots,
 )
-from utils.tokenizer import LlamaTokenizer
+from cogvlm.utils.preprocessing.tokenizer import LlamaTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAMES = ("cogvlm-tiny", "cogagent-tiny")

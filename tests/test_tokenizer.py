@@ -1,10 +1,10 @@
-"""Tests for utils.tokenizer against the tiny fixture tokenizer (vocab 512)."""
+"""Tests for cogvlm.utils.preprocessing.tokenizer against the tiny fixture tokenizer (vocab 512)."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from utils.tokenizer import LlamaTokenizer, TokenIdError, TokenizerNotFoundError
+from cogvlm.utils.preprocessing.tokenizer import LlamaTokenizer, TokenIdError, TokenizerNotFoundError
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "cogvlm-tiny"
 TOKENIZER_FILE = FIXTURE_DIR / "tokenizer.model"

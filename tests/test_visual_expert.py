@@ -1,6 +1,6 @@
 import torch
 
-from models.visual_expert import ExpertRouting, causal_attention
+from cogvlm.models.visual_expert import ExpertRouting, causal_attention
 
 
 def test_routing_sends_masked_tokens_to_the_vision_function():

@@ -1,4 +1,4 @@
-"""Parse and write CogAgent-18B GUI-agent answers (the answers to utils.templates.agent_query).
+"""Parse and write CogAgent-18B GUI-agent answers (the answers to cogvlm.utils.grounding.templates.agent_query).
 
 An answer has up to three labelled sections; the last appears only when the query ends with "(with grounding)"::
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .grounding import BOX_CLOSE, BOX_OPEN, COORDINATE_DIGITS, VALUE_SEPARATOR, Box, parse_boxes
+from .boxes import BOX_CLOSE, BOX_OPEN, COORDINATE_DIGITS, VALUE_SEPARATOR, Box, parse_boxes
 
 PLAN_LABEL = "Plan"
 NEXT_ACTION_LABEL = "Next Action"
@@ -64,7 +64,7 @@ _ARROW_PATTERN = re.compile("|".join(re.escape(arrow) for arrow in ELEMENT_ARROW
 
 @dataclass(frozen=True)
 class GroundedOperation:
-    """One grounded operation. `box` / `point` are in thousandths of the screenshot (see utils.grounding.Box).
+    """One grounded operation. `box` / `point` are in thousandths of the screenshot (see cogvlm.utils.grounding.boxes.Box).
 
     element_type: the bracketed ``[combobox]`` part, or None.
     element: the element's name ("Search"), or None.

@@ -53,7 +53,7 @@ def rank_and_size() -> tuple[int, int]:
 def split_plan(model) -> dict[str, Split]:
     """Published key -> how it is split across model-parallel ranks (keys absent from the plan stay whole)."""
     from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
-    from models.state_dict_adapter import to_published
+    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
 
     plan = {}
     for name, module in model.named_modules():

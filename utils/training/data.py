@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 
-from utils.image_processor import ImageLoadError, load_image
-from utils.split_dataset import image_files
+from cogvlm.utils.preprocessing.image_processor import ImageLoadError, load_image
+from cogvlm.utils.training.splits import image_files
 
 CAPTCHA_QUERY = "What text is written in the image?"
 # Label folder names of CogVLM-SFT-311K copies, in the order they are looked for.

@@ -24,12 +24,12 @@ STATE_DICT_KEY = "module"
 # model_class in model_config.json -> (module, class, config module, config class). The published finetune
 # scripts save their subclasses' names; the weights are the base model's.
 MODEL_CLASSES = {
-    "CogVLMModel": ("models.cogvlm", "CogVLMModel", "models.config", "CogVLMConfig"),
-    "FineTuneTrainCogVLMModel": ("models.cogvlm", "CogVLMModel", "models.config", "CogVLMConfig"),
-    "FineTuneTestCogVLMModel": ("models.cogvlm", "CogVLMModel", "models.config", "CogVLMConfig"),
-    "CogAgentModel": ("models.cogagent", "CogAgentModel", "models.config", "CogAgentConfig"),
-    "FineTuneTrainCogAgentModel": ("models.cogagent", "CogAgentModel", "models.config", "CogAgentConfig"),
-    "FineTuneTestCogAgentModel": ("models.cogagent", "CogAgentModel", "models.config", "CogAgentConfig"),
+    "CogVLMModel": ("cogvlm.models.cogvlm", "CogVLMModel", "cogvlm.models.config", "CogVLMConfig"),
+    "FineTuneTrainCogVLMModel": ("cogvlm.models.cogvlm", "CogVLMModel", "cogvlm.models.config", "CogVLMConfig"),
+    "FineTuneTestCogVLMModel": ("cogvlm.models.cogvlm", "CogVLMModel", "cogvlm.models.config", "CogVLMConfig"),
+    "CogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
+    "FineTuneTrainCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
+    "FineTuneTestCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
 }
 
 
@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint folder from a path, or from a name under $SAT_HOME, downloaded there first when it is a
     published name that is not there yet (no network access when it is)."""
-    from utils.download import MODEL_URLS, ensure_model, sat_home
+    from cogvlm.utils.checkpoint_io.download import MODEL_URLS, ensure_model, sat_home
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -58,7 +58,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
 def read_model_config(checkpoint_dir: Path) -> dict:
     path = checkpoint_dir / CONFIG_FILE
     if not path.is_file():
-        from utils.convert_hf_checkpoint import is_hf_checkpoint
+        from cogvlm.utils.checkpoint_io.hf_conversion import is_hf_checkpoint
 
         if is_hf_checkpoint(checkpoint_dir):
             raise CheckpointError(f"{checkpoint_dir} is a Hugging Face checkpoint; convert it once with "
@@ -150,8 +150,8 @@ def stored_model_parallel_size(checkpoint_dir: Path, model_config: dict) -> int:
 def read_full_state_dict(checkpoint_dir: Path, stored: int, model) -> dict[str, torch.Tensor]:
     """Every model-parallel shard of a checkpoint merged into the mp=1 state dict, with published key names
     whichever layout was saved (SAT's training saves use this code's module names)."""
-    from models.state_dict_adapter import to_published
-    from utils import model_parallel
+    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
+    from cogvlm.utils.parallel import model_parallel
 
     model_name = type(model).__name__
     shards = [to_published(read_state_dict(states_file(checkpoint_dir, rank)), model_name) for rank in range(stored)]
@@ -164,8 +164,8 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
 
     With `model_parallel_size` (e.g. the process count under torchrun), the model-parallel group is set up first
     and this rank takes its shard; a checkpoint saved at another model-parallel size is merged and re-split."""
-    from models.state_dict_adapter import from_published, to_published
-    from utils import model_parallel
+    from cogvlm.utils.checkpoint_io.state_dict_adapter import from_published, to_published
+    from cogvlm.utils.parallel import model_parallel
 
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
     model_config = read_model_config(checkpoint_dir)
@@ -198,8 +198,8 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
 def save_model(model, checkpoint_dir: str | os.PathLike, iteration: int = 1) -> Path:
     """Write `model` in the published layout: each model-parallel rank its own mp_rank_XX file, rank 0 the
     model_config.json (with the model-parallel size) and the tracker."""
-    from models.state_dict_adapter import to_published
-    from utils.model_parallel import rank_and_size
+    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
+    from cogvlm.utils.parallel.model_parallel import rank_and_size
 
     rank, size = rank_and_size()
     checkpoint_dir = Path(checkpoint_dir)

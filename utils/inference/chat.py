@@ -11,11 +11,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from models.mlp_adapter import ImageInputs
-from utils.generation import Prompt, SamplingConfig, generate
-from utils.image_processor import ImageProcessor, load_image
-from utils.text_processor import TextProcessor
-from utils.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer, TokenizerNotFoundError
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
+from cogvlm.utils.preprocessing.image_processor import ImageProcessor, load_image
+from cogvlm.utils.preprocessing.text_processor import TextProcessor
+from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer, TokenizerNotFoundError
 
 # Incomplete UTF-8 (a byte-fallback character cut between tokens) decodes to this; wait for the next token.
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -64,7 +64,7 @@ class ChatModel:
                         dtype: torch.dtype = torch.float32, device: str = "cpu",
                         model_parallel_size: int | None = None) -> "ChatModel":
         """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published)."""
-        from utils.checkpoint import load_model, resolve_checkpoint_dir
+        from cogvlm.utils.checkpoint_io.loading import load_model, resolve_checkpoint_dir
 
         checkpoint_dir = resolve_checkpoint_dir(name_or_path)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,

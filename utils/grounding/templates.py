@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from .grounding import Box
+from .boxes import Box
 
 EXPRESSION_PLACEHOLDER = "<expr>"
 BOX_PLACEHOLDER = "<objs>"
@@ -75,7 +75,7 @@ def agent_query(task: str, with_grounding: bool = False, template: str = AGENT_T
     """The CogAgent-18B GUI-agent query: ``What steps do I need to take to "<task>"?`` (+ "(with grounding)").
 
     With grounding the answer ends with a "Grounded Operation:" naming the element, the operation and its box;
-    parse it with utils.agent_answer.parse_agent_answer.
+    parse it with cogvlm.utils.grounding.agent_answer.parse_agent_answer.
     """
     query = _fill(template, TASK_PLACEHOLDER, f'"{_non_empty(task, "task")}"')
     return query + GROUNDING_SUFFIX if with_grounding else query

@@ -143,7 +143,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict | None:
-        from utils.image_processor import load_image
+        from cogvlm.utils.preprocessing.image_processor import load_image
 
         sample = self.samples[index]
         try:
@@ -178,7 +178,7 @@ def collate(examples: list[dict | None], pad_token_id: int = 0) -> dict:
 
 
 def model_inputs(batch: dict, dtype: torch.dtype, device) -> dict:
-    from models.mlp_adapter import ImageInputs
+    from cogvlm.models.mlp_adapter import ImageInputs
 
     cross = batch.get("cross_pixel_values")
     images = ImageInputs(batch["pixel_values"], cross).to(device, dtype)
@@ -213,8 +213,8 @@ def forward_step(data_iterator, model, args, timers):
 
 def greedy_answers(model, batch: dict, tokenizer, max_new_tokens: int) -> list[str]:
     """Greedy answers for the prompts of a training batch (the part of each example without a label)."""
-    from models.mlp_adapter import ImageInputs
-    from utils.generation import Prompt, SamplingConfig, generate
+    from cogvlm.models.mlp_adapter import ImageInputs
+    from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
 
     answers = []
     for i in range(batch["input_ids"].shape[0]):
@@ -280,10 +280,10 @@ def run(argv=None, model_name: str = "CogVLM"):
     from sat.training.deepspeed_training import training_main
     from sat.model.finetune.lora2 import LoraMixin
 
-    from utils.chat import ChatModel
-    from utils.checkpoint import save_model
-    from utils.finetune_data import CAPTCHA_QUERY, captcha_samples, exact_match
-    from utils.sat_patches import apply_cpu_training_patches
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.checkpoint_io.loading import save_model
+    from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples, exact_match
+    from cogvlm.utils.training.sat_patches import apply_cpu_training_patches
 
     args = parse_args(argv)
     apply_cpu_training_patches()

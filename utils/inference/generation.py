@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
-from models.mlp_adapter import ImageInputs
-from utils.model_parallel import broadcast_from_first_rank
+from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.utils.parallel.model_parallel import broadcast_from_first_rank
 
 
 class PromptTooLongError(ValueError):

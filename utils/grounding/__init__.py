@@ -1,0 +1,1 @@
+"""Boxes in answers, the grounding and agent prompt templates, CogAgent agent answers."""

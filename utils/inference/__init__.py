@@ -1,0 +1,1 @@
+"""Generation and the chat model the demos talk to."""

@@ -1,0 +1,1 @@
+"""Text and images -> model inputs: tokenizer, prompt templates, image preprocessing."""
