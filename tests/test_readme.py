@@ -1,0 +1,120 @@
+"""Every command README.md shows runs as written, at tiny size.
+
+The commands are read out of README.md's ```bash blocks, so the README cannot drift from what is tested. Paths
+and published names that stand for large downloads are replaced by tiny stand-ins (TINY below) in a scratch
+folder that looks like a checkout; nothing else of a command is changed. A README command that no test runs
+fails `test_every_readme_command_is_run_by_a_test`.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import COGAGENT_TINY
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CAPTCHA = REPO_ROOT / "checkpoints" / "captcha-tiny"
+IMAGE = CAPTCHA / "examples" / "3640.png"
+
+# Commands run elsewhere: the install + test command is what .ci/run runs; the fine-tuning block is run by
+# tests/test_finetune.py.
+RUN_ELSEWHERE = ("python -m pytest -q tests", "finetune_demo/", "utils/split_dataset.py")
+
+
+def readme_commands() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()          # a trailing comment explains, it does not run
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def commands_with(fragment: str) -> list[str]:
+    found = [c for c in readme_commands() if fragment in c]
+    assert found, f"README.md shows no command with {fragment!r} any more: update this test"
+    return found
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder that looks like a checkout (the scripts' folders linked in), with the tiny stand-ins."""
+    for name in ("basic_demo", "utils", "finetune_demo", "checkpoints"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    sat_home = tmp_path / "sat_home"
+    shutil.copytree(CAPTCHA, sat_home / "cogvlm-chat-v1.1")
+    shutil.copytree(COGAGENT_TINY / "checkpoint", sat_home / "cogagent-chat")
+    shutil.copy(COGAGENT_TINY / "tokenizer.model", sat_home / "cogagent-chat")
+    tokenizer = tmp_path / "vicuna"
+    tokenizer.mkdir()
+    shutil.copy(CAPTCHA / "tokenizer.model", tokenizer)
+    return {"dir": tmp_path, "sat_home": sat_home, "tokenizer": tokenizer}
+
+
+def run(command: str, scratch, stdin: str = "", substitutions=(), timeout=600) -> subprocess.CompletedProcess:
+    for old, new in substitutions:
+        assert old in command, (old, command)
+        command = command.replace(old, str(new))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["SAT_HOME"] = str(scratch["sat_home"])         # never the user's own cache; the README may set it too
+    result = subprocess.run(["bash", "-c", command], cwd=scratch["dir"], env=env, input=stdin, text=True,
+                            capture_output=True, timeout=timeout)
+    assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    return result
+
+
+def answers(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("Model: ")]
+
+
+def test_the_first_command_reads_the_captcha(scratch):
+    command = commands_with("--image checkpoints/captcha-tiny/examples/3640.png")[0]
+    chat_part = command.split("&&", 1)[1]            # the install part is what .ci/run does before the tests
+    assert run(chat_part, scratch).stdout.strip().splitlines()[-1] == "3640"
+
+
+def test_a_checkpoint_folder_with_a_local_tokenizer(scratch):
+    command = commands_with("--from_pretrained /data/cogvlm-chat-v1.1")[0]
+    result = run(command, scratch, stdin=f"{IMAGE}\nWhat text is written in the image?\nstop\n",
+                 substitutions=[("/data/cogvlm-chat-v1.1", CAPTCHA), ("/data/vicuna-7b-v1.5", scratch["tokenizer"])])
+    assert answers(result.stdout) == ["Model: 3640"]
+
+
+def test_a_published_name_under_sat_home(scratch):
+    command = commands_with("--from_pretrained cogvlm-chat-v1.1")[0]
+    result = run(command, scratch, stdin=f"{IMAGE}\nWhat text is written in the image?\nstop\n",
+                 substitutions=[("SAT_HOME=/data/sat", f"SAT_HOME={scratch['sat_home']}")])
+    assert answers(result.stdout) == ["Model: 3640"]
+
+
+@pytest.mark.slow
+def test_torchrun_cogagent_chat(scratch):
+    command = commands_with("torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py")[0]
+    result = run(command, scratch, stdin=f"{COGAGENT_TINY / 'image.png'}\nWhat is on the screen?\nstop\n")
+    assert result.stdout.count("Model: ") == 1
+
+
+@pytest.mark.slow
+def test_merge_model(scratch, mp2_runs):
+    command = commands_with("utils/merge_model.py")[0]
+    shutil.copytree(mp2_runs["cogvlm-tiny"]["checkpoint"], scratch["dir"] / "finetuned-mp2-lora")
+    run(command, scratch)
+    merged = json.loads((scratch["dir"] / "finetuned-merged" / "model_config.json").read_text())
+    assert merged["model_parallel_size"] == 1
+
+
+TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
+               "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
+               "utils/merge_model.py")
+
+
+def test_every_readme_command_is_run_by_a_test():
+    untested = [c for c in readme_commands()
+                if not any(f in c for f in TESTED_HERE) and not any(f in c for f in RUN_ELSEWHERE)]
+    assert untested == []
