@@ -137,7 +137,7 @@ def test_missing_and_extra_tensors_are_listed(converted, tmp_path):
     message = str(error.value)
     assert "missing (1): model.layers.1.mlp.vision_mlp.down_proj.weight" in message
     assert "unexpected (1): model.layers.0.self_attn.extra.weight" in message
-    assert "model.vision.boi: (1, 1, 3)" in message
+    assert "model.vision.boi: checkpoint (1, 1, 3)" in message
     assert not (tmp_path / "sat").exists()
 
 

@@ -336,9 +336,7 @@ def run(argv=None, model_name: str = "CogVLM"):
         trained.get_mixin("image").encoder.del_mixin("lora")
     target = Path(args.merged_save or Path(args.save or "checkpoints") / f"merged-{model_name.lower()}")
     trained.eval()
-    save_model(trained, target)
-    tokenizer_file = Path(chat.tokenizer.path)
-    if tokenizer_file.is_file():                       # a self-contained checkpoint folder for cli_demo_sat.py
-        (target / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    # with the tokenizer: a self-contained checkpoint folder for cli_demo_sat.py
+    save_model(trained, target, tokenizer=Path(chat.tokenizer.path))
     print(f"saved the fine-tuned model to {target}", flush=True)
     return target
