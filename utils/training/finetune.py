@@ -288,8 +288,11 @@ def run(argv=None, model_name: str = "CogVLM"):
     args = parse_args(argv)
     apply_cpu_training_patches()
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version or "chat", dtype,
-                                     "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version or "chat", dtype,
+                                         "cuda" if torch.cuda.is_available() else "cpu")
+    except ValueError as problem:      # a checkpoint that cannot be found, downloaded or read; a tokenizer
+        raise SystemExit(f"Error: {problem}") from None
     model, config = chat.model, chat.config
     model.train()
     parts = set(args.train)
