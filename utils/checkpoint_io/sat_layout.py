@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -139,9 +140,18 @@ def load_tensors(path: Path):
     try:
         return _safetensors_load(path) if path.suffix == ".safetensors" else _torch_load(path)
     except Exception as error:      # noqa: BLE001 - torch and safetensors raise many types for a corrupt file
-        detail = f"{type(error).__name__}: {error}".strip().rstrip(":").splitlines()[0]
-        raise CheckpointError(f"cannot read {path} ({size} bytes), it is truncated or corrupt ({detail}); "
-                              f"{CUT_SHORT}") from None
+        raise CheckpointError(f"cannot read {path} ({size} bytes), it is truncated or corrupt "
+                              f"({_why_unreadable(path, error)}); {CUT_SHORT}") from None
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What torch's or safetensors' error means, in one line."""
+    with open(path, "rb") as file:
+        is_zip = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    if is_zip and not zipfile.is_zipfile(path):
+        return "a zip archive without its end: torch.save's format keeps its index there"
+    lines = f"{type(error).__name__}: {error}".strip().rstrip(":").splitlines()
+    return lines[0]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
