@@ -116,11 +116,14 @@ def stored_model_parallel_size(checkpoint_dir: Path, model_config: Mapping) -> i
     return size
 
 
-def _torch_load(path: Path):
+def _starts_as_zip(path: Path) -> bool:
     with open(path, "rb") as file:
-        is_zip = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        return file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+
+
+def _torch_load(path: Path):
     # torch.save writes a zip, which can be memory-mapped; a legacy (pickle) file cannot
-    return torch.load(path, map_location="cpu", mmap=is_zip, weights_only=True)
+    return torch.load(path, map_location="cpu", mmap=_starts_as_zip(path), weights_only=True)
 
 
 def _safetensors_load(path: Path):
@@ -146,9 +149,7 @@ def load_tensors(path: Path):
 
 def _why_unreadable(path: Path, error: Exception) -> str:
     """What torch's or safetensors' error means, in one line."""
-    with open(path, "rb") as file:
-        is_zip = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
-    if is_zip and not zipfile.is_zipfile(path):
+    if _starts_as_zip(path) and not zipfile.is_zipfile(path):
         return "a zip archive without its end: torch.save's format keeps its index there"
     lines = f"{type(error).__name__}: {error}".strip().rstrip(":").splitlines()
     return lines[0]
