@@ -113,3 +113,17 @@ def test_cogvlm_config_on_a_cogagent_checkpoint_lists_the_cross_branch(tmp_path)
     (tmp_path / "ckpt" / "model_config.json").write_text(config)
     with pytest.raises(CheckpointError, match=r"unexpected \(66\): mixins.eva.pos_embed, mixins.encoder.pos_embed"):
         load_model(tmp_path / "ckpt")
+
+
+def test_an_older_training_save_with_module_names_loads_and_saves_published(tmp_path, copy):
+    """Earlier versions of this code let SAT's training saves write the module names ("mixins.image..."): such a
+    checkpoint still loads, to the same weights, and saves again in the published layout."""
+    from cogvlm.utils.checkpoint_io.state_dict_adapter import from_published
+
+    original = read_state_dict(states_file(CHECKPOINT))
+    torch.save({"module": from_published(original)}, states_file(copy))
+    assert "mixins.image.boi" in read_state_dict(states_file(copy))
+    model, _ = load_model(copy)
+    save_model(model, tmp_path / "saved")
+    saved = read_state_dict(states_file(tmp_path / "saved"))
+    assert list(saved) == list(original) and all(torch.equal(saved[k], original[k]) for k in original)

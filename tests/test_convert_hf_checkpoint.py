@@ -8,10 +8,11 @@ from safetensors.torch import save_file
 
 from cogvlm.models.config import PUBLISHED_CONFIGS
 from cogvlm.models.mlp_adapter import ImageInputs
-from cogvlm.utils.checkpoint_io.loading import config_from_model_config, load_model, read_model_config, read_state_dict, states_file
+from cogvlm.utils.checkpoint_io.loading import (config_from_model_config, load_model, read_model_config,
+                                                read_state_dict, states_file)
 from cogvlm.utils.checkpoint_io.hf_conversion import (BIN_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX, ConversionError,
-                                         config_from_hf, hf_config_from, hf_to_sat, is_hf_checkpoint, main,
-                                         parse_size, read_hf_state_dict, sat_to_hf)
+                                                      config_from_hf, hf_config_from, hf_to_sat, is_hf_checkpoint,
+                                                      main, parse_size, read_hf_state_dict, sat_to_hf)
 from conftest import COGAGENT_TINY, COGVLM_TINY, checkpoint_copy
 
 FIXTURES = {"cogvlm-tiny": COGVLM_TINY, "cogagent-tiny": COGAGENT_TINY}
@@ -137,7 +138,7 @@ def test_missing_and_extra_tensors_are_listed(converted, tmp_path):
     message = str(error.value)
     assert "missing (1): model.layers.1.mlp.vision_mlp.down_proj.weight" in message
     assert "unexpected (1): model.layers.0.self_attn.extra.weight" in message
-    assert "model.vision.boi: (1, 1, 3)" in message
+    assert "model.vision.boi: checkpoint (1, 1, 3)" in message
     assert not (tmp_path / "sat").exists()
 
 

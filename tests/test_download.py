@@ -1,5 +1,5 @@
-"""Tests for cogvlm.utils.checkpoint_io.download against a loopback HTTP server that misbehaves on request: 404s, cut connections,
-ignored Range headers, corrupt archives, concurrent processes."""
+"""Tests for cogvlm.utils.checkpoint_io.download against a loopback HTTP server that misbehaves on request: 404s, cut
+connections, ignored Range headers, corrupt archives, concurrent processes; and the one-line errors users see."""
 import functools
 import hashlib
 import http.server
@@ -20,8 +20,8 @@ import pytest
 import requests
 
 import cogvlm.utils.checkpoint_io.download as download_module
-from cogvlm.utils.checkpoint_io.download import (MODEL_SHA256, MODEL_URLS, SAT_R2_ACCOUNT, DownloadError, download, ensure_model,
-                            resolve_url, sat_home)
+from cogvlm.utils.checkpoint_io.download import (MODEL_SHA256, MODEL_URLS, SAT_R2_ACCOUNT, DownloadError, download,
+                                                 ensure_model, resolve_url, sat_home)
 
 REPO_ROOT = Path(__file__).parent.parent
 CHECKPOINT = Path(__file__).parent / "fixtures" / "cogvlm-tiny" / "checkpoint"
@@ -372,3 +372,67 @@ def test_load_model_by_name_downloads_from_a_mirror_then_works_offline(server, h
     assert server.ranges == [None]
     load_model(NAME)                                   # present now: no second request
     assert server.ranges == [None]
+
+
+# failures users meet, each one line: nothing received, an unwritable $SAT_HOME, a failure seen from the entry points
+
+def _closed_port_url() -> str:
+    with socket.socket() as probe:           # a port that was free a moment ago: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{NAME}.zip"
+
+
+def test_a_download_that_received_nothing_names_no_part_file(tmp_path):
+    url = _closed_port_url()
+    message = _one_line_error(lambda: download(url, tmp_path / "model.zip", attempts=2, progress=False,
+                                               timeout=SHORT_TIMEOUT), url, "nothing was received", "run again")
+    assert ".part" not in message and list(tmp_path.iterdir()) == []
+
+
+def _unwritable_home(tmp_path: Path, kind: str) -> Path:
+    """A $SAT_HOME that cannot take a download, also for root (who may write into a read-only folder)."""
+    if kind == "home_under_a_file":
+        (tmp_path / "a_file").write_text("")
+        return tmp_path / "a_file" / "sat_home"
+    home = tmp_path / "sat_home"
+    (home / f"cogvlm-chat-v1.1{download_module.LOCK_SUFFIX}").mkdir(parents=True)    # the lock cannot be created
+    (home / f"{NAME}{download_module.LOCK_SUFFIX}").mkdir()
+    return home
+
+
+@pytest.mark.parametrize("kind", ["home_under_a_file", "lock_not_creatable"])
+def test_an_unwritable_sat_home_is_one_line(server, tmp_path, monkeypatch, kind):
+    home = _unwritable_home(tmp_path, kind)
+    monkeypatch.setenv("SAT_HOME", str(home))
+    _one_line_error(lambda: ensure_model(NAME, url=server.zip_url, progress=False), f"cannot install {NAME} into "
+                    f"{home}", "SAT_HOME")
+    assert server.ranges == []
+
+
+TOKENIZER = REPO_ROOT / "tests" / "fixtures" / "cogvlm-tiny" / "tokenizer.model"
+ENTRY_POINTS = {
+    "cli": ["basic_demo/cli_demo_sat.py", "--local_tokenizer", TOKENIZER],
+    "finetune": ["finetune_demo/finetune_cogvlm_demo.py", "--local_tokenizer", TOKENIZER, "--deepspeed_config",
+                 "finetune_demo/ds_config_cpu.json"],
+}
+
+
+@pytest.mark.parametrize("failure", ["http_404", "unwritable_home"])
+@pytest.mark.parametrize("entry_point", list(ENTRY_POINTS))
+def test_a_failed_download_is_one_error_line_from_the_entry_points(server, tmp_path, entry_point, failure):
+    """`--from_pretrained <published name>` that cannot be downloaded, from the chat CLI and from fine-tuning."""
+    server.script = ["404"]
+    home = _unwritable_home(tmp_path, "home_under_a_file") if failure == "unwritable_home" else tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(SAT_HOME=str(home), COGVLM_MIRROR=server.url, HF_HUB_OFFLINE="1")
+    script, *args = ENTRY_POINTS[entry_point]
+    result = subprocess.run([sys.executable, script, "--from_pretrained", "cogvlm-chat-v1.1", *map(str, args)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, timeout=PROCESS_TIMEOUT * 3,
+                            stdin=subprocess.DEVNULL)
+    err = result.stderr.decode()
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert result.returncode != 0 and "Traceback" not in err, err[-2000:]
+    expected = (f"Error: download of {server.url}/cogvlm-chat-v1.1.zip failed: HTTP 404" if failure == "http_404"
+                else f"Error: cannot install cogvlm-chat-v1.1 into {home}")
+    assert len(errors) == 1 and errors[0].startswith(expected), err[-2000:]

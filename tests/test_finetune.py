@@ -144,8 +144,10 @@ def test_a_short_training_run_lowers_the_loss_and_writes_a_checkpoint_that_loads
     assert "validation loss at iteration 40" in log and "acc_w/o_case" in log
     assert sorted(p.name for p in (tmp_path / "trained").iterdir()) == ["1", "latest", "model_config.json",
                                                                        "tokenizer.model"]
-    from cogvlm.utils.checkpoint_io.loading import load_model
-    (run_dir,) = (tmp_path / "runs").iterdir()                # SAT's own save during training (its module names)
+    from cogvlm.utils.checkpoint_io.loading import load_model, read_state_dict, states_file
+    (run_dir,) = (tmp_path / "runs").iterdir()                # SAT's own save during training: published names
+    sat_saved = list(read_state_dict(states_file(run_dir)))
+    assert sat_saved == list(read_state_dict(states_file(tmp_path / "init"))) and "mixins.eva.boi" in sat_saved
     load_model(run_dir)
     test_image = next((tmp_path / "split" / "test").iterdir())
     answer = run("basic_demo/cli_demo_sat.py", "--from_pretrained", tmp_path / "trained", "--image", test_image,

@@ -126,6 +126,13 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def _kept(part: Path) -> str:
+    """What a failed download leaves behind, for its message: only a file that exists is named."""
+    if _size(part):
+        return f"{_size(part)} bytes kept in {part}: run again to resume"
+    return "nothing was received: check the URL and the network (or a proxy), then run again"
+
+
 def download(url: str, dest_zip: str | os.PathLike, *, expected_sha256: str | None = None,
              timeout: float = DEFAULT_TIMEOUT, chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
              attempts: int = DEFAULT_ATTEMPTS) -> Path:
@@ -152,8 +159,7 @@ def download(url: str, dest_zip: str | os.PathLike, *, expected_sha256: str | No
             reason = error if isinstance(error, _Transient) else type(error).__name__
             if failures >= attempts:
                 raise DownloadError(f"download of {_shown(url)} interrupted ({reason}) after {failures} attempt(s) "
-                                    f"without progress; {_size(part)} bytes kept in {part}: run again to resume"
-                                    ) from None
+                                    f"without progress; {_kept(part)}") from None
             _say(progress, f"download of {_shown(url)} interrupted ({reason}) at {_size(part)} bytes; resuming")
             time.sleep(RETRY_DELAY * failures)
         except requests.RequestException as error:
@@ -253,6 +259,32 @@ def ensure_model(name: str, *, url: str | None = None, home: str | os.PathLike |
         return target
     if Path(name).name != name or name in ("", ".", ".."):
         raise DownloadError(f"'{name}' is not a model name: it must be a plain folder name")
+    try:
+        lock = _lock(home, name, progress)
+        try:
+            if not target.is_dir():  # another process may have installed it while we waited
+                zip_path = home / f"{name}.zip"
+                if not zip_path.is_file():
+                    source = resolve_url(name, url)
+                    _say(progress, f"downloading {name} from {_shown(source)} into {target}")
+                    download(source, zip_path, expected_sha256=MODEL_SHA256.get(name), progress=progress)
+                _install(zip_path, name, target)
+                zip_path.unlink()
+        finally:
+            lock.release()
+    except OSError as error:  # a home that cannot be written, a full disk: one line, not a traceback
+        raise DownloadError(f"cannot install {name} into {home}: {_reason(error)}; set {SAT_HOME_ENV} to a "
+                            f"writable folder with room for the model") from None
+    return target
+
+
+def _reason(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or type(error).__name__}{where}"
+
+
+def _lock(home: Path, name: str, progress: bool) -> FileLock:
+    """The per-name lock in `home` (created first), held: one process installs, the others wait for it."""
     home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(home / f"{name}{LOCK_SUFFIX}")
     try:
@@ -260,18 +292,7 @@ def ensure_model(name: str, *, url: str | None = None, home: str | os.PathLike |
     except Timeout:
         _say(progress, f"waiting for another process installing {name} into {home} (lock {lock.lock_file})")
         lock.acquire()
-    try:
-        if not target.is_dir():  # another process may have installed it while we waited
-            zip_path = home / f"{name}.zip"
-            if not zip_path.is_file():
-                source = resolve_url(name, url)
-                _say(progress, f"downloading {name} from {_shown(source)} into {target}")
-                download(source, zip_path, expected_sha256=MODEL_SHA256.get(name), progress=progress)
-            _install(zip_path, name, target)
-            zip_path.unlink()
-    finally:
-        lock.release()
-    return target
+    return lock
 
 
 def _install(zip_path: Path, name: str, target: Path) -> None:

@@ -44,20 +44,17 @@ import argparse
 import itertools
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-HF_CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_FILE = "pytorch_model.bin"
-BIN_INDEX = "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFETENSORS_INDEX, SAFETENSORS_FILE, BIN_INDEX, BIN_FILE)
+from cogvlm.utils.checkpoint_io import sat_layout
+from cogvlm.utils.checkpoint_io.sat_layout import (BIN_FILE, BIN_INDEX, HF_CONFIG_FILE, SAFETENSORS_FILE,
+                                                   SAFETENSORS_INDEX, CheckpointError, is_hf_checkpoint)
+
+WEIGHT_FILES = sat_layout.HF_WEIGHT_FILES
 SHARD_NAME = "model-{index:05d}-of-{total:05d}.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
 SAT_ONLY_KEY = "sat_model_config"
 DEFAULT_SHARD_SIZE = 5 * 1024 ** 3      # bytes, as transformers' save_pretrained
 
@@ -165,20 +162,12 @@ COGAGENT_KEYS: tuple[tuple[str, str], ...] = COGVLM_KEYS + (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """A folder or config that cannot be converted; the message says what is wrong."""
 
 
-def is_hf_checkpoint(path) -> bool:
-    """Whether `path` is a Hugging Face CogVLM / CogAgent folder: config.json with a vision_config, and weights."""
-    path = Path(path).expanduser()
-    try:
-        if not (path / HF_CONFIG_FILE).is_file() or not any((path / name).is_file() for name in WEIGHT_FILES):
-            return False
-        config = json.loads((path / HF_CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "vision_config" in config
+__all__ = ["ConversionError", "config_from_hf", "hf_config_from", "hf_to_sat", "is_hf_checkpoint", "key_pairs",
+           "main", "read_hf_state_dict", "sat_to_hf", "write_safetensors"]
 
 
 def _is_cogagent(hf_config: dict) -> bool:
@@ -343,19 +332,6 @@ def recomputed_buffers(config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {key: value.to(dtype) for key, value in buffers.items()}
 
 
-def _check_fits(expected: dict, state_dict: dict, optional: set, source, what: str) -> None:
-    """Raise a ConversionError listing every missing (not optional), unexpected or mis-shaped tensor."""
-    missing = [k for k in expected if k not in state_dict and k not in optional]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    problems = [f"{title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
-                for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                if keys]
-    if problems:
-        raise ConversionError(f"{source} does not hold the tensors of {what}: " + "; ".join(problems))
-
-
 def _translate(source: dict, pairs, fallback) -> dict[str, torch.Tensor]:
     """Rename `source` by (from, to) pairs; a from-key the source lacks takes fallback(from, to). Several from-keys
     may name one to-key (a tensor stored once on that side): they must hold the same values."""
@@ -373,12 +349,11 @@ def _translate(source: dict, pairs, fallback) -> dict[str, torch.Tensor]:
 
 def _model_keys(config):
     """The model (on the meta device) and its published state dict: names, shapes and dtypes only."""
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
-    from cogvlm.utils.checkpoint_io.loading import build_model
+    from cogvlm.utils.checkpoint_io.loading import build_model, published_state_dict
 
     model = build_model(config)
     name = type(model).__name__
-    published = to_published(model.state_dict(), name)
+    published = published_state_dict(model)
     table = {sat for sat, _ in key_pairs(config)}
     if table != set(published):
         raise ConversionError(f"the key table is out of date for {name}: not in the model "
@@ -387,24 +362,11 @@ def _model_keys(config):
     return model, published
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path)
-
-
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:        # a legacy (non-zip) torch.save file cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
     """Every tensor of an HF folder: the shards its index lists, else its single weights file."""
     hf_dir = Path(hf_dir)
-    for index_name, single_name, load in ((SAFETENSORS_INDEX, SAFETENSORS_FILE, _load_safetensors),
-                                          (BIN_INDEX, BIN_FILE, _load_bin)):
+    load = sat_layout.load_tensors
+    for index_name, single_name in ((SAFETENSORS_INDEX, SAFETENSORS_FILE), (BIN_INDEX, BIN_FILE)):
         if (hf_dir / index_name).is_file():
             try:
                 weight_map = json.loads((hf_dir / index_name).read_text())["weight_map"]
@@ -471,19 +433,12 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], hf_dir: Path, shard_s
     return written
 
 
-def _copy_tokenizer(source: Path, target: Path) -> None:
-    if (source / TOKENIZER_FILE).is_file():
-        shutil.copy(source / TOKENIZER_FILE, target / TOKENIZER_FILE)
-
-
 def _checkpoint_dtype(state_dict: dict, key: str) -> torch.dtype:
     return state_dict[key].dtype if key in state_dict else torch.float32
 
 
 def hf_to_sat(hf_dir, sat_dir) -> Path:
     """Convert a Hugging Face CogVLM / CogAgent folder into a SAT checkpoint folder (published layout)."""
-    from cogvlm.utils.checkpoint_io import loading as ckpt
-
     hf_dir, sat_dir = Path(hf_dir).expanduser(), Path(sat_dir).expanduser()
     if not (hf_dir / HF_CONFIG_FILE).is_file():
         raise ConversionError(f"{hf_dir} is not a Hugging Face checkpoint: {HF_CONFIG_FILE} is missing")
@@ -499,24 +454,20 @@ def hf_to_sat(hf_dir, sat_dir) -> Path:
     recomputed = recomputed_buffers(config, _checkpoint_dtype(weights, "model.embed_tokens.weight"))
     hf_expected = {hf: sat_expected[sat] for sat, hf in pairs}
     optional = {hf for sat, hf in pairs if sat in recomputed}
-    _check_fits(hf_expected, weights, optional, hf_dir, f"the {model_name} its {HF_CONFIG_FILE} describes")
+    sat_layout.check_tensors(hf_expected, weights, hf_dir, f"the {model_name} its {HF_CONFIG_FILE} describes",
+                             optional, ConversionError)
     converted = _translate(weights, [(hf, sat) for sat, hf in pairs], lambda hf, sat: recomputed[sat])
     state_dict = {key: converted[key] for key in sat_expected}          # the published key order
 
-    (sat_dir / "1").mkdir(parents=True, exist_ok=True)
-    torch.save({ckpt.STATE_DICT_KEY: state_dict}, sat_dir / "1" / ckpt.STATES_FILE.format(rank=0))
-    (sat_dir / ckpt.CONFIG_FILE).write_text(json.dumps(config.to_model_config(), indent=4))
-    (sat_dir / ckpt.TRACKER_FILE).write_text("1")
-    _copy_tokenizer(hf_dir, sat_dir)
+    sat_layout.write_checkpoint(sat_dir, state_dict, config.to_model_config())
+    sat_layout.copy_tokenizer(hf_dir, sat_dir)
     return sat_dir
 
 
 def sat_to_hf(sat_dir, hf_dir, shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
     """Convert a SAT checkpoint (a folder or a name under $SAT_HOME, any model-parallel size) into a Hugging Face
     folder: safetensors shards of at most `shard_size` bytes, their index, config.json."""
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
     from cogvlm.utils.checkpoint_io import loading as ckpt
-    from cogvlm.utils.parallel.model_parallel import merge, split_plan
 
     source = ckpt.resolve_checkpoint_dir(sat_dir)
     hf_dir = Path(hf_dir).expanduser()
@@ -530,24 +481,20 @@ def sat_to_hf(sat_dir, hf_dir, shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
     stored = ckpt.stored_model_parallel_size(source, model_config)
     model, sat_expected = _model_keys(config)
     model_name = type(model).__name__
-    # SAT's training saves use this code's module names: bring every shard to the published names first.
-    shards = [to_published(ckpt.read_state_dict(ckpt.states_file(source, rank)), model_name)
-              for rank in range(stored)]
-    if stored > 1:
-        shards = [merge(shards, split_plan(model))]
-    published = shards[0]
+    published = ckpt.read_full_state_dict(source, stored, model)
     dtype = _checkpoint_dtype(published, "transformer.word_embeddings.weight")
     recomputed = recomputed_buffers(config, dtype)
     if any(".matrix_A." in key for key in published):
         raise ConversionError(f"{source} holds LoRA weights: fold them in first with python utils/merge_model.py")
-    _check_fits(sat_expected, published, set(recomputed), ckpt.states_file(source),
-                f"the {model_name} its {ckpt.CONFIG_FILE} describes")
+    sat_layout.check_tensors(sat_expected, published, ckpt.states_file(source),
+                             f"the {model_name} its {sat_layout.CONFIG_FILE} describes", set(recomputed),
+                             ConversionError)
     converted = _translate(published, key_pairs(config), lambda sat, hf: recomputed[sat])
 
     hf_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(converted, hf_dir, shard_size)
     (hf_dir / HF_CONFIG_FILE).write_text(json.dumps(hf_config_from(config, dtype), indent=2, sort_keys=True))
-    _copy_tokenizer(source, hf_dir)
+    sat_layout.copy_tokenizer(source, hf_dir)
     return hf_dir
 
 
@@ -569,8 +516,6 @@ def main(argv=None) -> int:
     parser.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_SIZE,
                         help="largest safetensors shard with --to-hf (default 5GB)")
     args = parser.parse_args(argv)
-    from cogvlm.utils.checkpoint_io.loading import CheckpointError
-
     try:
         if args.to_hf:
             print(f"converted into {sat_to_hf(args.sat, args.hf, args.shard_size)}")

@@ -1,25 +1,28 @@
-"""Load and save checkpoints in the published SAT layout.
-
-    <dir>/model_config.json              the model's configuration (SAT argument names)
-    <dir>/latest                         the iteration folder's name, e.g. "1"
-    <dir>/<latest>/mp_rank_00_model_states.pt   torch.save({"module": state_dict})
+"""Load and save models as checkpoints in the published SAT layout (written and read by sat_layout).
 
 Loading is strict: a missing, unexpected or mis-shaped tensor is an error that lists them. The model is built on
-the meta device and takes the loaded tensors as its parameters, so the weights are never held twice.
+the meta device and takes the loaded tensors as its parameters, so the weights are never held twice. A model
+built here speaks the published key names (state_dict_adapter.speak_published), so its state_dict() is what
+goes into a states file and what a states file gives back, whoever saves it (save_model, or SAT's training).
 """
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
-CONFIG_FILE = "model_config.json"
-TRACKER_FILE = "latest"
-STATES_FILE = "mp_rank_{rank:02d}_model_states.pt"
-STATE_DICT_KEY = "module"
+from cogvlm.utils.checkpoint_io import sat_layout
+from cogvlm.utils.checkpoint_io.sat_layout import (CONFIG_FILE, STATE_DICT_KEY, STATES_FILE, TRACKER_FILE,
+                                                   CheckpointError, read_state_dict, states_file,
+                                                   stored_model_parallel_size)
+from cogvlm.utils.checkpoint_io.state_dict_adapter import speak_published, to_published
+
+__all__ = ["CONFIG_FILE", "STATE_DICT_KEY", "STATES_FILE", "TRACKER_FILE", "CheckpointError", "MODEL_CLASSES",
+           "build_model", "check_state_dict", "config_from_model_config", "load_model", "read_full_state_dict",
+           "read_model_config", "read_state_dict", "resolve_checkpoint_dir", "save_model", "states_file",
+           "stored_model_parallel_size"]
 
 # model_class in model_config.json -> (module, class, config module, config class). The published finetune
 # scripts save their subclasses' names; the weights are the base model's.
@@ -31,10 +34,6 @@ MODEL_CLASSES = {
     "FineTuneTrainCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
     "FineTuneTestCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; the message says what is wrong."""
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
@@ -55,46 +54,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
         f"and not a published name ({', '.join(MODEL_URLS)})")
 
 
-def read_model_config(checkpoint_dir: Path) -> dict:
-    path = checkpoint_dir / CONFIG_FILE
-    if not path.is_file():
-        from cogvlm.utils.checkpoint_io.hf_conversion import is_hf_checkpoint
-
-        if is_hf_checkpoint(checkpoint_dir):
-            raise CheckpointError(f"{checkpoint_dir} is a Hugging Face checkpoint; convert it once with "
-                                  f"`python utils/convert_hf_checkpoint.py --hf {checkpoint_dir} --sat OUT_DIR` "
-                                  f"and pass OUT_DIR")
-        raise CheckpointError(f"{checkpoint_dir} is not a SAT checkpoint: {CONFIG_FILE} is missing")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
-
-
-def states_file(checkpoint_dir: Path, mp_rank: int = 0) -> Path:
-    tracker = checkpoint_dir / TRACKER_FILE
-    if not tracker.is_file():
-        raise CheckpointError(f"{checkpoint_dir} is not a SAT checkpoint: the '{TRACKER_FILE}' file is missing")
-    iteration = tracker.read_text().strip()
-    path = checkpoint_dir / iteration / STATES_FILE.format(rank=mp_rank)
-    if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: '{TRACKER_FILE}' points to '{iteration}', "
-                              f"but {path.relative_to(checkpoint_dir)} is missing")
-    return path
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The `module` state dict of a states file, memory-mapped where the file format allows it."""
-    try:
-        try:
-            states = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError:        # a legacy (non-zip) torch.save file cannot be memory-mapped
-            states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:      # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"cannot read {path}: {type(error).__name__}: {error}") from None
-    if not isinstance(states, dict) or STATE_DICT_KEY not in states:
-        raise CheckpointError(f"{path} holds no '{STATE_DICT_KEY}' state dict")
-    return states[STATE_DICT_KEY]
+read_model_config = sat_layout.read_config
 
 
 def _import(module: str, name: str):
@@ -114,47 +74,34 @@ def config_from_model_config(model_config: dict):
 
 
 def build_model(config, dtype: torch.dtype = torch.float32, device: str | torch.device = "meta"):
+    """The model a config describes (on the meta device by default: names and shapes only), speaking the
+    published key names in state_dict() and load_state_dict()."""
     module, name, _, _ = MODEL_CLASSES[config.model_class]
     with torch.device(device):
-        return _import(module, name)(config, params_dtype=dtype)
+        return speak_published(_import(module, name)(config, params_dtype=dtype))
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], source,
-                     model_name: str) -> None:
+def published_state_dict(model) -> dict[str, torch.Tensor]:
+    """A model's state dict in published names, whether or not it was built by build_model."""
+    return to_published(model.state_dict(), type(model).__name__)
+
+
+def check_state_dict(model, state_dict: dict[str, torch.Tensor], source) -> None:
     """Raise a CheckpointError listing every missing, unexpected or mis-shaped tensor (published key names)."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    problems = []
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            problems.append(f"{title} ({len(keys)}): " + ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
-    if problems:
-        raise CheckpointError(f"{source} does not fit a {model_name} built from its {CONFIG_FILE}: "
-                              + "; ".join(problems))
+    sat_layout.check_tensors(published_state_dict(model), state_dict, source,
+                             f"a {type(model).__name__} built from its {CONFIG_FILE}")
 
 
-def stored_model_parallel_size(checkpoint_dir: Path, model_config: dict) -> int:
-    """How many model-parallel shards the checkpoint holds; every one of them must be there."""
-    size = int(model_config.get("model_parallel_size", 1))
-    first = states_file(checkpoint_dir)
-    missing = [first.with_name(STATES_FILE.format(rank=r)).name for r in range(size)
-               if not first.with_name(STATES_FILE.format(rank=r)).is_file()]
-    if missing:
-        raise CheckpointError(f"{checkpoint_dir} was saved at model parallel size {size}, but its shards "
-                              f"{', '.join(missing)} are missing")
-    return size
+def read_published_shard(checkpoint_dir: Path, rank: int, model) -> dict[str, torch.Tensor]:
+    """One states file in published names, also when an earlier version of this code saved internal names."""
+    return to_published(read_state_dict(states_file(checkpoint_dir, rank)), type(model).__name__)
 
 
 def read_full_state_dict(checkpoint_dir: Path, stored: int, model) -> dict[str, torch.Tensor]:
-    """Every model-parallel shard of a checkpoint merged into the mp=1 state dict, with published key names
-    whichever layout was saved (SAT's training saves use this code's module names)."""
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
+    """Every model-parallel shard of a checkpoint merged into the mp=1 state dict, in published names."""
     from cogvlm.utils.parallel import model_parallel
 
-    model_name = type(model).__name__
-    shards = [to_published(read_state_dict(states_file(checkpoint_dir, rank)), model_name) for rank in range(stored)]
+    shards = [read_published_shard(checkpoint_dir, rank, model) for rank in range(stored)]
     return model_parallel.merge(shards, model_parallel.split_plan(model))
 
 
@@ -164,7 +111,6 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
 
     With `model_parallel_size` (e.g. the process count under torchrun), the model-parallel group is set up first
     and this rank takes its shard; a checkpoint saved at another model-parallel size is merged and re-split."""
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import from_published, to_published
     from cogvlm.utils.parallel import model_parallel
 
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
@@ -176,16 +122,13 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         model_parallel.initialize(model_parallel_size)
     rank, size = model_parallel.rank_and_size()
     model = build_model(config, dtype)
-    model_name = type(model).__name__
     path = states_file(checkpoint_dir, rank if stored == size else 0)
-    # Published names, whichever layout was saved (SAT's training saves use this code's module names).
     if stored == size:
-        published = to_published(read_state_dict(path), model_name)
+        state_dict = read_published_shard(checkpoint_dir, rank, model)
     else:
         full = read_full_state_dict(checkpoint_dir, stored, model)
-        published = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
-    check_state_dict(to_published(model.state_dict(), model_name), published, path, model_name)
-    state_dict = from_published(published, model_name)
+        state_dict = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
+    check_state_dict(model, state_dict, path)
     state_dict = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                   for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)
@@ -195,21 +138,27 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
     return model.eval(), config
 
 
-def save_model(model, checkpoint_dir: str | os.PathLike, iteration: int = 1) -> Path:
+def save_model(model, checkpoint_dir: str | os.PathLike, iteration: int = 1, tokenizer: Path | None = None) -> Path:
     """Write `model` in the published layout: each model-parallel rank its own mp_rank_XX file, rank 0 the
-    model_config.json (with the model-parallel size) and the tracker."""
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
-    from cogvlm.utils.parallel.model_parallel import rank_and_size
+    model_config.json (with the model-parallel size), the tracker and, when given, a copy of the tokenizer file.
+    Under data parallelism only the first data-parallel group writes (the others hold the same weights)."""
+    from cogvlm.utils.parallel.model_parallel import data_parallel_rank, rank_and_size
 
     rank, size = rank_and_size()
     checkpoint_dir = Path(checkpoint_dir)
-    (checkpoint_dir / str(iteration)).mkdir(parents=True, exist_ok=True)
-    state_dict = to_published(model.state_dict(), type(model).__name__)
-    torch.save({STATE_DICT_KEY: state_dict}, checkpoint_dir / str(iteration) / STATES_FILE.format(rank=rank))
-    if rank == 0:
-        config = {**model.config.to_model_config(), "model_parallel_size": size}
-        (checkpoint_dir / CONFIG_FILE).write_text(json.dumps(config, indent=4))
-        (checkpoint_dir / TRACKER_FILE).write_text(str(iteration))
-    if size > 1:
-        torch.distributed.barrier()
+    writes = data_parallel_rank() == 0
+    if writes:
+        sat_layout.write_state_dict(checkpoint_dir, published_state_dict(model), iteration, rank)
+    _barrier()                              # every shard is written before the tracker says the folder is complete
+    if writes and rank == 0:
+        sat_layout.write_config(checkpoint_dir, {**model.config.to_model_config(), "model_parallel_size": size})
+        if tokenizer is not None:
+            sat_layout.copy_tokenizer(Path(tokenizer), checkpoint_dir)
+        sat_layout.write_tracker(checkpoint_dir, iteration)
+    _barrier()                              # and no rank returns before the folder is complete
     return checkpoint_dir
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()

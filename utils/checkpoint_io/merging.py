@@ -11,7 +11,6 @@ rank 0 does the work and the other ranks wait for it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -47,28 +46,19 @@ def fold_lora(state_dict: dict, lora_alpha: float = 1.0) -> dict:
 
 
 def merge_checkpoint(source, target, lora_alpha: float = 1.0) -> Path:
-    import torch
-
-    from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
     from cogvlm.utils.checkpoint_io import loading as ckpt
+    from cogvlm.utils.checkpoint_io.sat_layout import write_checkpoint
 
     source_dir = ckpt.resolve_checkpoint_dir(source)
     model_config = ckpt.read_model_config(source_dir)
     config = ckpt.config_from_model_config(model_config)
     stored = ckpt.stored_model_parallel_size(source_dir, model_config)
     model = ckpt.build_model(config)                                   # on the meta device: names and shapes only
-    model_name = type(model).__name__
     merged = fold_lora(ckpt.read_full_state_dict(source_dir, stored, model), lora_alpha)
-    ckpt.check_state_dict(to_published(model.state_dict(), model_name), merged, source_dir, model_name)
-
-    target = Path(target)
-    (target / "1").mkdir(parents=True, exist_ok=True)
-    torch.save({ckpt.STATE_DICT_KEY: merged}, target / "1" / ckpt.STATES_FILE.format(rank=0))
+    ckpt.check_state_dict(model, merged, source_dir)
     merged_config = {k: v for k, v in model_config.items() if k not in FINETUNE_KEYS}
-    merged_config.update(model_class=model_name, model_parallel_size=1)
-    (target / ckpt.CONFIG_FILE).write_text(json.dumps(merged_config, indent=4))
-    (target / ckpt.TRACKER_FILE).write_text("1")
-    return target
+    merged_config.update(model_class=type(model).__name__)
+    return write_checkpoint(Path(target), merged, merged_config)
 
 
 def main(argv=None) -> int:
@@ -84,7 +74,7 @@ def main(argv=None) -> int:
         initialize(1)
     code = 0
     if int(os.environ.get("RANK", 0)) == 0:
-        from cogvlm.utils.checkpoint_io.loading import CheckpointError
+        from cogvlm.utils.checkpoint_io.sat_layout import CheckpointError
 
         try:
             print(f"merged into {merge_checkpoint(args.from_pretrained, args.save, args.lora_alpha)}")

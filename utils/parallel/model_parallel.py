@@ -50,6 +50,13 @@ def rank_and_size() -> tuple[int, int]:
     return mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
 
 
+def data_parallel_rank() -> int:
+    """This process's rank among the processes holding the same model-parallel shard (0 without SAT's groups)."""
+    from sat import mpu
+
+    return mpu.get_data_parallel_rank() if mpu.model_parallel_is_initialized() else 0
+
+
 def split_plan(model) -> dict[str, Split]:
     """Published key -> how it is split across model-parallel ranks (keys absent from the plan stay whole)."""
     from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding

@@ -288,8 +288,11 @@ def run(argv=None, model_name: str = "CogVLM"):
     args = parse_args(argv)
     apply_cpu_training_patches()
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version or "chat", dtype,
-                                     "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version or "chat", dtype,
+                                         "cuda" if torch.cuda.is_available() else "cpu")
+    except ValueError as problem:      # a checkpoint that cannot be found, downloaded or read; a tokenizer
+        raise SystemExit(f"Error: {problem}") from None
     model, config = chat.model, chat.config
     model.train()
     parts = set(args.train)
@@ -336,9 +339,7 @@ def run(argv=None, model_name: str = "CogVLM"):
         trained.get_mixin("image").encoder.del_mixin("lora")
     target = Path(args.merged_save or Path(args.save or "checkpoints") / f"merged-{model_name.lower()}")
     trained.eval()
-    save_model(trained, target)
-    tokenizer_file = Path(chat.tokenizer.path)
-    if tokenizer_file.is_file():                       # a self-contained checkpoint folder for cli_demo_sat.py
-        (target / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    # with the tokenizer: a self-contained checkpoint folder for cli_demo_sat.py
+    save_model(trained, target, tokenizer=Path(chat.tokenizer.path))
     print(f"saved the fine-tuned model to {target}", flush=True)
     return target
