@@ -1,6 +1,8 @@
 """CogVLM and CogAgent on SwissArmyTransformer.
 
-One file per component of the papers: `eva_clip` (ViT encoder), `mlp_adapter`, `visual_expert`, `rotary`,
-`cogvlm` (the assembled model), `config` (published and tiny configurations), `state_dict_adapter` (the
-published checkpoint key layout). Importing this package imports nothing heavy; import the submodules.
+One file per component of the papers: `eva_clip` (EVA2-CLIP-E), `mlp_adapter`, `visual_expert`, `rotary`,
+`kv_cache`, `cogvlm` (the assembled model), `eva_clip_l` and `cross_attention` (CogAgent's high-resolution branch),
+`cogagent`, and `config` (published and tiny configurations). The published checkpoint key layout is translated
+outside the model code, in `cogvlm.utils.checkpoint_io`. Importing this package imports nothing heavy; import the
+submodules.
 """
