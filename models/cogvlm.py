@@ -124,9 +124,7 @@ class CogVLMModel(BaseModel):
     def forward_inputs(self, inputs: ModelInputs, *, kv_cache: KVCache | None = None, last_token_only: bool = False,
                        output_hidden_states: bool = False):
         """`forward` on the processor's inputs (labels, if any, are the caller's)."""
-        return self(inputs.input_ids, inputs.position_ids, images=inputs.images,
-                    image_embed_mask=inputs.image_embed_mask, vision_expert_mask=inputs.vision_expert_mask,
-                    attention_mask=inputs.attention_mask, kv_cache=kv_cache, last_token_only=last_token_only,
+        return self(**inputs.forward_arguments(), kv_cache=kv_cache, last_token_only=last_token_only,
                     output_hidden_states=output_hidden_states)
 
     def image_layer_inputs(self, images: ImageInputs | None, kv_cache: KVCache | None, batch_size: int) -> dict:

@@ -104,6 +104,12 @@ class ModelInputs:
         images = None if self.images is None else self.images.to(device, dtype)
         return ModelInputs(images=images, **moved)
 
+    def forward_arguments(self) -> dict:
+        """The keyword arguments of the model's forward (labels are not among them: the loss is the caller's)."""
+        return dict(input_ids=self.input_ids, position_ids=self.position_ids, images=self.images,
+                    image_embed_mask=self.image_embed_mask, vision_expert_mask=self.vision_expert_mask,
+                    attention_mask=self.attention_mask)
+
     def row(self, index: int) -> "ModelInputs":
         """Row `index` alone, its padding removed (B = 1)."""
         keep = slice(None) if self.attention_mask is None else self.attention_mask[index].nonzero().squeeze(1)
