@@ -62,7 +62,8 @@ def causal_attention(query, key, value, past_length: int, key_padding: torch.Ten
     """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
 
     `key_padding` (B, S) bool is False at padded keys, which no query sees; every query still sees itself, so a
-    padding query attends to one key instead of none (an all-masked row would be NaN and leak into its value)."""
+    padding query attends to one key instead of none (a fully masked row is NaN in some PyTorch versions and
+    kernels, and a NaN value would reach real tokens through 0 * NaN)."""
     new_tokens, total = query.shape[2], key.shape[2]
     if key_padding is None:
         if new_tokens == 1:                 # one decode step sees every cached position
