@@ -234,3 +234,17 @@ def test_generate_takes_one_request(cogvlm_model, cogvlm_processor):
     row = cogvlm_processor("Hi", (), None)
     with pytest.raises(ValueError, match="one request"):
         next(generate(cogvlm_model, ModelInputs.batch([row, row], PAD_ID), SamplingConfig(max_length=50)))
+
+
+def test_the_embedded_model_reads_its_captchas_through_the_processor():
+    """End to end on the trained embedded model: evaluate.py's inputs (processor, then generation) give the labels."""
+    from cogvlm import PACKAGE_ROOT
+    from cogvlm.finetune_demo.evaluate import evaluate
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.training.data import CAPTCHA_QUERY
+
+    checkpoint = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
+    chat = ChatModel.from_pretrained(checkpoint, str(checkpoint / "tokenizer.model"))
+    row, skipped, pairs = evaluate(chat, checkpoint / "examples", CAPTCHA_QUERY, max_new_tokens=8)
+    assert skipped == 0 and row.count == 3 and len(pairs) == 3 and row.exact == 1.0
+    assert all(label == prediction for label, prediction in pairs)
