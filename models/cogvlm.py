@@ -137,6 +137,8 @@ def real_keys(attention_mask: torch.Tensor | None, kv_cache: KVCache | None, sha
     """(B, S) bool, True at the keys the new tokens may attend to (cached and new), or None when none is padding.
 
     Built once per forward, so that the per-layer attention reads a ready mask."""
+    if attention_mask is not None:
+        attention_mask = attention_mask.bool()         # a 0/1 integer mask would be read as additive scores
     if kv_cache is None:
         return attention_mask
     return kv_cache.record_padding(attention_mask, shape)

@@ -118,6 +118,8 @@ class ModelInputs:
 
     def prompt(self) -> "ModelInputs":
         """A single training example without its answer: what generation starts from."""
+        if self.batch_size != 1:
+            raise InvalidInputsError(f"prompt() takes a single example; this one has {self.batch_size} rows (use row)")
         length = self.prompt_length
         tensors = {name: t[:, :length] for name, t in self._row_tensors().items() if name != "labels"}
         return ModelInputs(images=self.images, **tensors)

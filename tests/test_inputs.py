@@ -130,6 +130,15 @@ def test_a_left_padded_row_has_the_logits_of_the_row_alone(fixture, request):
     assert torch.isfinite(logits).all()                 # padding queries see themselves: no NaN anywhere
 
 
+def test_an_integer_padding_mask_means_the_same_as_a_boolean_one(cogvlm_model, cogvlm_cases):
+    images = ImageInputs(cogvlm_cases["image"]["pixel_values"])
+    _, batch = _cases_batch(cogvlm_cases, ["chat_describe", "base_describe"], images)
+    with torch.no_grad():
+        as_bool = cogvlm_model.forward_inputs(batch)[0]
+        as_long = cogvlm_model.forward_inputs(replace(batch, attention_mask=batch.attention_mask.long()))[0]
+    torch.testing.assert_close(as_long, as_bool, atol=0, rtol=0)
+
+
 def test_a_row_without_an_image_batches_with_rows_that_have_one(cogvlm_model, cogvlm_cases):
     case = cogvlm_cases["cases"]["chat_describe"]
     text_row = ModelInputs(case["input_ids"][:, 19:], torch.arange(len(case["input_ids"][0]) - 19)[None],
