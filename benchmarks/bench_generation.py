@@ -11,7 +11,6 @@ a table; every timing is the median of --repeats runs.
 import argparse
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 

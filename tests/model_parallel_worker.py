@@ -6,8 +6,6 @@ and greedy-decode every fixture case, and (rank 0) save the results; optionally 
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
