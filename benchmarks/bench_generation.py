@@ -1,30 +1,29 @@
 """Time to first token, decode speed and peak memory of KV-cached greedy generation on one checkpoint.
 
-    python benchmarks/bench_generation.py                                   # the embedded tiny checkpoint
+    python benchmarks/bench_generation.py --checkpoint checkpoints/captcha-tiny     # the embedded tiny model
     python benchmarks/bench_generation.py --checkpoint MID_COGVLM_DIR --prompt_tokens 325 --new_tokens 64
 
-The prompt is the chat template with the image and a query long enough for --prompt_tokens (tokenized with the
-embedded tiny tokenizer, whose ids are valid in any larger vocabulary). Generation runs to --new_tokens with no
-stop token. Prints a table; every timing is the median of --repeats runs.
+The prompt is built by the processor: the chat template with an image (random pixels) and a query long enough
+for --prompt_tokens, tokenized with the checkpoint's tokenizer.model, or the embedded tiny one (whose ids are valid
+in any larger vocabulary) when the checkpoint has none. Generation runs to --new_tokens with no stop token. Prints
+a table; every timing is the median of --repeats runs.
 """
 import argparse
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cogvlm.utils.checkpoint_io.loading import load_model
-from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
-from cogvlm.utils.preprocessing.text_processor import TextProcessor
-from cogvlm.utils.preprocessing.tokenizer import LlamaTokenizer
-from cogvlm.models.mlp_adapter import ImageInputs
-
 from cogvlm import PACKAGE_ROOT
+from cogvlm.models.inputs import ImageInputs, ModelInputs, truncated
+from cogvlm.utils.checkpoint_io.loading import load_model
+from cogvlm.utils.inference.generation import SamplingConfig, generate
+from cogvlm.utils.preprocessing.processor import Processor
+from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer
 
-TOKENIZER = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
+EMBEDDED = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
 FILLER = "Describe the button in the top left corner of this image and click it. "
 
 
@@ -58,22 +57,28 @@ def decode_bytes(model) -> int:
     return weights + len(model.transformer.layers) * cross_kv_per_layer
 
 
-def make_prompt(config, prompt_tokens: int) -> Prompt:
-    processor = TextProcessor(LlamaTokenizer.from_path(TOKENIZER), "chat", config.image_length)
-    query = FILLER
-    while len(processor(query)) < prompt_tokens:
-        query += FILLER
-    text = processor(query)
-    keep = prompt_tokens                                         # trim the query's tail to the exact length
+def tokenizer_for(checkpoint: Path) -> LlamaTokenizer:
+    return LlamaTokenizer.from_path(checkpoint if (checkpoint / TOKENIZER_FILENAME).is_file() else EMBEDDED)
+
+
+def make_prompt(config, tokenizer: LlamaTokenizer, prompt_tokens: int) -> ModelInputs:
+    shortest = config.image_length + 3                           # bos, the image slot (boi, patches, eoi), a token
+    if prompt_tokens < shortest:
+        raise SystemExit(f"Error: --prompt_tokens must be at least {shortest} (the image alone takes "
+                         f"{config.image_length + 2})")
+    processor = Processor.for_model(config, tokenizer, "chat")
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(1, 3, config.vision.image_size, config.vision.image_size, generator=generator)
     cross = config.cross_image_size                              # CogAgent: the high-resolution copy too
     cross_pixels = torch.randn(1, 3, cross, cross, generator=generator) if cross else None
-    return Prompt(text.input_ids[:, :keep], text.position_ids[:, :keep], text.vision_expert_mask[:, :keep],
-                  text.image_embed_mask[:, :keep], ImageInputs(pixels, cross_pixels))
+    image = ImageInputs(pixels, cross_pixels)
+    query = FILLER
+    while len(processor(query, (), image)) < prompt_tokens:
+        query += FILLER
+    return truncated(processor(query, (), image), prompt_tokens)    # the query's tail trimmed to the exact length
 
 
-def run_once(model, prompt: Prompt, new_tokens: int) -> tuple[float, float]:
+def run_once(model, prompt: ModelInputs, new_tokens: int) -> tuple[float, float]:
     sampling = SamplingConfig(max_length=len(prompt) + new_tokens)
     start = time.perf_counter()
     stream = generate(model, prompt, sampling, stop_token_ids=())
@@ -87,22 +92,23 @@ def run_once(model, prompt: Prompt, new_tokens: int) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(TOKENIZER))
-    parser.add_argument("--prompt_tokens", type=int, default=60)
+    parser.add_argument("--checkpoint", default=str(EMBEDDED))
+    parser.add_argument("--prompt_tokens", type=int, default=96, help="image slot included")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--probe_gib", type=float, default=1.0, help="buffer size of the bandwidth probe")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     model, config = load_model(args.checkpoint)
     load_seconds, load_rss = time.perf_counter() - start, peak_rss_gib()
-    prompt = make_prompt(config, args.prompt_tokens)
+    prompt = make_prompt(config, tokenizer_for(Path(args.checkpoint)), args.prompt_tokens)
     run_once(model, prompt, args.new_tokens)                     # warm-up
     runs = [run_once(model, prompt, args.new_tokens) for _ in range(args.repeats)]
     generation_rss = peak_rss_gib()
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth_gbs(args.probe_gib)
     floor_ms = decode_bytes(model) / bandwidth / 1e6
     ttft = statistics.median(r[0] for r in runs)
     speed = statistics.median(r[1] for r in runs)

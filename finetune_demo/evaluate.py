@@ -8,6 +8,7 @@ Used by evaluate_cogvlm.sh and evaluate_cogagent.sh.
 """
 import argparse
 import sys
+from pathlib import Path
 
 from cogvlm import warn_if_other_checkout
 
@@ -20,9 +21,9 @@ def evaluate(chat, folder, query: str, max_new_tokens: int):
     loaded, skipped = load_images_skipping_bad(captcha_samples(folder, query))
     predictions, labels = [], []
     for sample, picture in loaded:
-        prompt_length = len(chat.text_processor(sample.query, sample.history))
-        sampling = SamplingConfig(max_length=prompt_length + max_new_tokens)      # greedy
-        predictions.append(chat.answer(sample.query, sample.history, chat.preprocess(picture), sampling))
+        prompt = chat.processor(sample.query, sample.history, picture)
+        sampling = SamplingConfig(max_length=len(prompt) + max_new_tokens)      # greedy
+        predictions.append(chat.answer(sample.query, sample.history, prompt.images, sampling))
         labels.append(sample.answer)
     exact, case_insensitive = exact_match(predictions, labels) if labels else (0.0, 0.0)
     return AccuracyRow(Path(folder).name, len(labels), exact, case_insensitive), skipped, list(zip(labels, predictions))

@@ -2,7 +2,7 @@
 
 One file per component of the papers: `eva_clip` (EVA2-CLIP-E), `mlp_adapter`, `visual_expert`, `rotary`,
 `kv_cache`, `cogvlm` (the assembled model), `eva_clip_l` and `cross_attention` (CogAgent's high-resolution branch),
-`cogagent`, and `config` (published and tiny configurations). The published checkpoint key layout is translated
-outside the model code, in `cogvlm.utils.checkpoint_io`. Importing this package imports nothing heavy; import the
-submodules.
+`cogagent`; `inputs` (the typed inputs of a forward: ModelInputs, ImageInputs) and `config` (published and tiny
+configurations). The published checkpoint key layout is translated outside the model code, in
+`cogvlm.utils.checkpoint_io`. Importing this package imports nothing heavy; import the submodules.
 """

@@ -14,8 +14,9 @@ from torch import nn
 from .cogvlm import CogVLMModel
 from .config import CogAgentConfig
 from .cross_attention import CrossAttentionCache, CrossVisionBranch
+from .inputs import ImageInputs, InvalidInputsError, MissingCrossImageError
 from .kv_cache import KVCache
-from .mlp_adapter import ImageEmbedding, ImageInputs
+from .mlp_adapter import ImageEmbedding
 
 
 class CogAgentImageEmbedding(ImageEmbedding):
@@ -56,13 +57,24 @@ class CogAgentModel(CogVLMModel):
         cache.cross = CrossAttentionCache(len(self.transformer.layers))
         return cache
 
-    def forward(self, input_ids, position_ids, *, images: ImageInputs | None = None,
-                kv_cache: KVCache | None = None, **kw_args):
-        """As CogVLMModel.forward; `images.cross_pixel_values` (B, 3, 1120, 1120) is encoded when given (the
-        prefill) and kept in the cache for the decode steps. Without a cross image, layers skip cross-attention."""
+    def image_layer_inputs(self, images: ImageInputs | None, kv_cache: KVCache | None, batch_size: int) -> dict:
+        """The cross branch's inputs of every layer. `images.cross_pixel_values` (B, 3, 1120, 1120) is encoded
+        when given (the prefill) and kept in the cache for the decode steps; a forward without images (a decode
+        step, or a text-only prompt) reads the cache, or skips cross-attention when nothing was encoded."""
         cross = kv_cache.cross if kv_cache is not None else CrossAttentionCache(len(self.transformer.layers))
-        if images is not None and images.cross_pixel_values is not None:
-            cross.set_encoder_outputs(self.get_mixin("cross_vision").encode(images.cross_pixel_values))
-        return super().forward(input_ids, position_ids, images=images, kv_cache=kv_cache,
-                               encoder_outputs=cross.encoder_outputs, cross_attention_mask=None, cross_cache=cross,
-                               **kw_args)
+        if images is not None:
+            if len(images) != batch_size:       # cross keys/values are per row: a row without an image has none
+                raise InvalidInputsError(f"a CogAgent batch needs an image in every row or in none; {len(images)} "
+                                         f"image(s) for {batch_size} rows")
+            cross.set_encoder_outputs(self.get_mixin("cross_vision").encode(self.cross_pixels(images)))
+        return dict(encoder_outputs=cross.encoder_outputs, cross_attention_mask=None, cross_cache=cross)
+
+    @staticmethod
+    def cross_pixels(images: ImageInputs) -> torch.Tensor:
+        if images.cross_pixel_values is None:
+            raise MissingCrossImageError("CogAgent needs each image at its cross resolution too "
+                                         "(ImageInputs.cross_pixel_values; the processor makes both)")
+        if len(images.cross_pixel_values) != len(images):
+            raise MissingCrossImageError(f"{len(images)} image(s) but {len(images.cross_pixel_values)} "
+                                         f"cross-resolution image(s) were given")
+        return images.cross_pixel_values

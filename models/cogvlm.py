@@ -22,8 +22,9 @@ from sat.mpu.layers import ColumnParallelLinear
 from sat.ops.layernorm import RMSNorm
 
 from .config import CogVLMConfig, current_model_parallel_size
+from .inputs import ImageInputs, ModelInputs, check_inputs
 from .kv_cache import KVCache
-from .mlp_adapter import ImageEmbedding, ImageInputs
+from .mlp_adapter import ImageEmbedding
 from .visual_expert import ExpertRouting, VisualExpertAttention, VisualExpertMLP
 
 
@@ -96,19 +97,48 @@ class CogVLMModel(BaseModel):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, images: ImageInputs | None = None,
                 image_embed_mask: torch.Tensor | None = None, vision_expert_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, last_token_only: bool = False,
-                output_hidden_states: bool = False, **kw_args):
+                attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                last_token_only: bool = False, output_hidden_states: bool = False):
         """input_ids, position_ids, masks: (B, T). Returns SAT's [logits (B, T or 1, vocab), *per-layer dicts].
 
-        With a `kv_cache`, the T tokens are appended after the cached ones; images are only given with the
-        tokens that hold their slot (the prefill), so the encoders run once per image.
+        `attention_mask` (B, T) bool is False at padding: those keys are masked out of attention. With a
+        `kv_cache`, the T tokens are appended after the cached ones; images are only given with the tokens that
+        hold their slot (the prefill), so the encoders run once per image. Unknown keywords are a TypeError and
+        inconsistent inputs an InvalidInputsError (see models/inputs.py), before any weight is used.
         """
+        check_inputs(input_ids, position_ids, images, image_embed_mask, vision_expert_mask, attention_mask,
+                     self.config.image_length)
+        layer_inputs = self.image_layer_inputs(images, kv_cache, input_ids.shape[0])
         rope = self.get_mixin("visual_expert_attention").rotary_emb.cos_sin(position_ids, self.dtype)
+        key_padding = real_keys(attention_mask, kv_cache, input_ids.shape)
         outputs = super().forward(
             input_ids=input_ids, position_ids=position_ids, attention_mask=None,
             images=images, image_embed_mask=image_embed_mask,
-            expert_routing=ExpertRouting.from_mask(vision_expert_mask), rope=rope, kv_cache=kv_cache,
-            last_token_only=last_token_only, output_hidden_states=output_hidden_states, **kw_args)
+            expert_routing=ExpertRouting.from_mask(vision_expert_mask), rope=rope, key_padding=key_padding,
+            kv_cache=kv_cache, last_token_only=last_token_only, output_hidden_states=output_hidden_states,
+            **layer_inputs)
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return outputs
+
+    def forward_inputs(self, inputs: ModelInputs, *, kv_cache: KVCache | None = None, last_token_only: bool = False,
+                       output_hidden_states: bool = False):
+        """`forward` on the processor's inputs (labels, if any, are the caller's)."""
+        return self(**inputs.forward_arguments(), kv_cache=kv_cache, last_token_only=last_token_only,
+                    output_hidden_states=output_hidden_states)
+
+    def image_layer_inputs(self, images: ImageInputs | None, kv_cache: KVCache | None, batch_size: int) -> dict:
+        """Per-forward arguments of the layers' hooks that come from the images (CogAgent: the cross branch)."""
+        return {}
+
+
+def real_keys(attention_mask: torch.Tensor | None, kv_cache: KVCache | None, shape: torch.Size
+              ) -> torch.Tensor | None:
+    """(B, S) bool, True at the keys the new tokens may attend to (cached and new), or None when none is padding.
+
+    Built once per forward, so that the per-layer attention reads a ready mask."""
+    if attention_mask is not None:
+        attention_mask = attention_mask.bool()         # a 0/1 integer mask would be read as additive scores
+    if kv_cache is None:
+        return attention_mask
+    return kv_cache.record_padding(attention_mask, shape)

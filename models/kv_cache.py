@@ -18,15 +18,32 @@ class KVCache:
         self.max_length = max_length
         self.length = 0
         self.cross = None       # model-specific state kept for a generation (CogAgent: a CrossAttentionCache)
+        # (B, max_length) bool, True at real (not padding) positions; allocated by the first padded forward.
+        self.real: torch.Tensor | None = None
 
     def update(self, layer_id: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `key`/`value` (B, nh, T, hd) after the cached positions; return all of them (B, nh, S, hd)."""
-        end = self.length + key.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"KV cache holds {self.max_length} positions; {end} were asked for")
+        end = self.end_after(key.shape[2])
         self.keys[layer_id, :, :, self.length:end] = key
         self.values[layer_id, :, :, self.length:end] = value
         return self.keys[layer_id, :, :, :end], self.values[layer_id, :, :, :end]
+
+    def record_padding(self, attention_mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+        """Note which of the next `shape` = (B, T) positions are real (`attention_mask`, None: all of them).
+        -> (B, length + T) bool over every key the new tokens see, or None while no position is padding."""
+        if attention_mask is None and self.real is None:
+            return None
+        if self.real is None:
+            self.real = torch.ones(self.keys.shape[1], self.max_length, dtype=torch.bool, device=self.keys.device)
+        end = self.end_after(shape[1])
+        self.real[:, self.length:end] = True if attention_mask is None else attention_mask
+        return self.real[:, :end]
+
+    def end_after(self, num_tokens: int) -> int:
+        end = self.length + num_tokens
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} were asked for")
+        return end
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens

@@ -6,8 +6,6 @@ that the text processor reserved (`image_embed_mask`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,22 +13,7 @@ from sat.model.base_model import BaseMixin
 
 from .config import CogVLMConfig
 from .eva_clip import EVA2CLIPEncoder
-
-
-class ImageTokenMismatchError(ValueError):
-    """The prompt's image slots do not match the images given."""
-
-
-@dataclass
-class ImageInputs:
-    """Images for one forward, already preprocessed."""
-    pixel_values: torch.Tensor                          # (B_img, 3, S, S) for the EVA2-CLIP-E encoder
-    cross_pixel_values: torch.Tensor | None = None      # (B_img, 3, S', S') for CogAgent's EVA2-CLIP-L
-
-    def to(self, device, dtype) -> "ImageInputs":
-        cross = self.cross_pixel_values
-        return ImageInputs(self.pixel_values.to(device=device, dtype=dtype),
-                           None if cross is None else cross.to(device=device, dtype=dtype))
+from .inputs import ImageInputs
 
 
 class GLU(nn.Module):
@@ -76,10 +59,7 @@ class ImageEmbedding(BaseMixin):
         embeddings = self.transformer.word_embeddings(input_ids)                       # (B, T, hidden)
         if images is None:
             return embeddings
+        # The model's forward has checked that the slots hold exactly these images (check_inputs).
         image_tokens = self.embed_images(images)                                        # (B_img, N + 2, hidden)
-        slots = image_embed_mask.bool()
-        if int(slots.sum()) != image_tokens.shape[0] * image_tokens.shape[1]:
-            raise ImageTokenMismatchError(
-                f"the prompt reserves {int(slots.sum())} image positions, but {image_tokens.shape[0]} image(s) "
-                f"of {image_tokens.shape[1]} tokens (boi + {self.image_length} + eoi) were given")
-        return embeddings.masked_scatter(slots[..., None], image_tokens.to(embeddings.dtype))
+        slots = image_embed_mask.bool()[..., None]                                      # (B, T, 1)
+        return embeddings.masked_scatter(slots, image_tokens.to(embeddings.dtype))

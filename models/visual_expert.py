@@ -58,14 +58,23 @@ def routed(routing: ExpertRouting | None, x: torch.Tensor, language: Callable, v
     return routing.route(x, language, vision)
 
 
-def causal_attention(query, key, value, past_length: int) -> torch.Tensor:
-    """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd)."""
+def causal_attention(query, key, value, past_length: int, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
+
+    `key_padding` (B, S) bool is False at padded keys, which no query sees; every query still sees itself, so a
+    padding query attends to one key instead of none (a fully masked row is NaN in some PyTorch versions and
+    kernels, and a NaN value would reach real tokens through 0 * NaN)."""
     new_tokens, total = query.shape[2], key.shape[2]
-    if new_tokens == 1:                 # one decode step sees every cached position
-        return F.scaled_dot_product_attention(query, key, value)
-    if past_length == 0:                # prefill
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
-    mask = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device).tril(past_length)
+    if key_padding is None:
+        if new_tokens == 1:                 # one decode step sees every cached position
+            return F.scaled_dot_product_attention(query, key, value)
+        if past_length == 0:                # prefill
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    ones = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device)
+    mask = ones.tril(past_length)                                                                   # (T, S)
+    if key_padding is not None:
+        itself = ones.triu(past_length) & mask                      # query t is key past_length + t   (T, S)
+        mask = mask & key_padding[:, None, None, :] | itself                                        # (B, 1, T, S)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 
@@ -88,7 +97,7 @@ class VisualExpertAttention(BaseMixin):
             params_dtype=params_dtype, skip_init=True, module=self, name="vision_dense"))
 
     def attention_forward(self, hidden_states, mask, *, layer_id, rope, expert_routing=None,
-                          kv_cache: KVCache | None = None, **kw_args):
+                          key_padding: torch.Tensor | None = None, kv_cache: KVCache | None = None, **kw_args):
         attention = self.transformer.layers[layer_id].attention
         key = str(int(layer_id))
         vision_qkv = self.vision_query_key_value_list[key] if key in self.vision_query_key_value_list else None
@@ -105,7 +114,7 @@ class VisualExpertAttention(BaseMixin):
         if kv_cache is not None:
             past_length = kv_cache.length
             key_, value = kv_cache.update(int(layer_id), key_, value)               # (B, nh, S, hd)
-        context = causal_attention(query, key_, value, past_length)                # (B, nh, T, hd)
+        context = causal_attention(query, key_, value, past_length, key_padding)                # (B, nh, T, hd)
         context = context.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, T, H_p)
         return routed(expert_routing, context, attention.dense, vision_dense)
 

@@ -28,6 +28,14 @@ def checkpoint_copy(tmp_path, name="ckpt", text_processor_version=..., tokenizer
     return target
 
 
+def case_inputs(case, images):
+    """A fixture case's published ids, positions and masks (1, L) with `images`, as the model's inputs."""
+    from cogvlm.models.inputs import ModelInputs
+
+    return ModelInputs(case["input_ids"], case["position_ids"], case["vision_expert_mask"], case["image_embed_mask"],
+                       images)
+
+
 @pytest.fixture(scope="session")
 def cogvlm_cases():
     return torch.load(COGVLM_TINY / "cases.pt", weights_only=False)

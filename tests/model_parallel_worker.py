@@ -6,14 +6,12 @@ and greedy-decode every fixture case, and (rank 0) save the results; optionally 
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.models.inputs import ImageInputs, ModelInputs
 from cogvlm.utils.checkpoint_io.loading import load_model, save_model
-from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
+from cogvlm.utils.inference.generation import SamplingConfig, generate
 
 
 def main():
@@ -31,11 +29,9 @@ def main():
     logits, tokens = {}, {}
     with torch.no_grad():
         for name, case in data["cases"].items():
-            logits[name] = model(case["input_ids"], case["position_ids"], images=images,
-                                 image_embed_mask=case["image_embed_mask"],
-                                 vision_expert_mask=case["vision_expert_mask"])[0]
-            prompt = Prompt(case["input_ids"], case["position_ids"], case["vision_expert_mask"],
-                            case["image_embed_mask"], images)
+            prompt = ModelInputs(case["input_ids"], case["position_ids"], case["vision_expert_mask"],
+                                 case["image_embed_mask"], images)
+            logits[name] = model.forward_inputs(prompt)[0]
             tokens[name] = list(generate(model, prompt, SamplingConfig(max_length=case["generation"]["max_length"]),
                                          (config.eos_token_id,)))
     if args.save:

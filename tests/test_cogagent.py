@@ -1,13 +1,16 @@
 """CogAgentModel against the published implementation's outputs (fixture) and an independent reference."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cogvlm.models.config import CogAgentConfig, EVAConfig, EVALargeConfig, LanguageConfig
-from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.models.inputs import ImageInputs
 from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
 from reference_cogvlm import cogvlm_logits
 from test_cogvlm import CharTokenizer, random_model
-from cogvlm.utils.inference.generation import Prompt, SamplingConfig, decode_one_token, generate, prefill
+from cogvlm.utils.inference.generation import SamplingConfig, decode_one_token, generate, prefill
+from conftest import case_inputs
 from cogvlm.utils.preprocessing.text_processor import TextProcessor
 
 ATOL = RTOL = 1e-5
@@ -20,7 +23,7 @@ def images(cases):
 
 
 def prompt_of(case, image):
-    return Prompt(case["input_ids"], case["position_ids"], case["vision_expert_mask"], case["image_embed_mask"], image)
+    return case_inputs(case, image)
 
 
 def test_cross_encoder_and_image_path_match_published_intermediates(cogagent_model, cogagent_cases):
@@ -115,7 +118,7 @@ def test_matches_independent_reference_on_other_shapes(config, seed):
     batch = dict(input_ids=text.input_ids, position_ids=text.position_ids,
                  vision_expert_mask=text.vision_expert_mask, image_embed_mask=text.image_embed_mask)
     with torch.no_grad():
-        logits = model(images=inputs, **batch)[0]
+        logits = model.forward_inputs(replace(text, images=inputs))[0]
         expected = cogvlm_logits(to_published(model.state_dict(), "CogAgentModel"), config.to_model_config(),
                                  inputs.pixel_values, **batch,
                                  cross=(inputs.cross_pixel_values, config.cross_vision.num_layers,

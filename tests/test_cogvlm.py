@@ -3,18 +3,18 @@ import pytest
 import torch
 
 from cogvlm.models.config import CogVLMConfig, EVAConfig, LanguageConfig
-from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.models.inputs import ImageInputs, ModelInputs
 from cogvlm.utils.checkpoint_io.state_dict_adapter import to_published
 from reference_cogvlm import cogvlm_logits
 from cogvlm.utils.checkpoint_io.loading import build_model
 from cogvlm.utils.preprocessing.text_processor import TextProcessor
+from conftest import case_inputs
 
 ATOL = RTOL = 1e-5      # the fixture README's tolerance for fp32
 
 
 def forward(model, case, pixel_values, **kw):
-    return model(case["input_ids"], case["position_ids"], images=ImageInputs(pixel_values),
-                 image_embed_mask=case["image_embed_mask"], vision_expert_mask=case["vision_expert_mask"], **kw)
+    return model.forward_inputs(case_inputs(case, ImageInputs(pixel_values)), **kw)
 
 
 @pytest.mark.parametrize("name", ["base_describe", "chat_describe", "chat_old_count", "vqa_color", "chat_history",
@@ -86,7 +86,7 @@ def test_matches_independent_reference_on_other_shapes(config, seed):
     pixels = torch.randn(2, 3, config.vision.image_size, config.vision.image_size,
                          generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        logits = forward(model, batch, pixels)[0]
+        logits = model.forward_inputs(ModelInputs(**batch, images=ImageInputs(pixels)))[0]
         expected = cogvlm_logits(to_published(model.state_dict()), config.to_model_config(), pixels,
                                  num_vision_expert_layers=config.num_vision_expert_layers, **batch)
     assert logits.shape == (2, length, config.language.vocab_size)

@@ -14,8 +14,9 @@ from sat.model.finetune.lora2 import LoraMixin
 from cogvlm.models.config import CAPTCHA_TINY_CONFIG
 from cogvlm.utils.inference.chat import ChatModel
 from cogvlm.utils.checkpoint_io.loading import build_model
-from cogvlm.utils.training.finetune import (IGNORE_INDEX, CaptionDataset, Processors, TrainableParts, collate, freeze,
-                            init_weights, next_token_loss, trainable_parameters, training_example)
+from cogvlm.models.inputs import IGNORE_INDEX, ImageInputs, ModelInputs
+from cogvlm.utils.training.finetune import (CaptionDataset, TrainableParts, collate, freeze, greedy_answers,
+                                            init_weights, next_token_loss, trainable_parameters)
 from cogvlm.utils.training.data import Sample
 from conftest import COGVLM_TINY
 
@@ -31,31 +32,53 @@ def test_training_example_puts_the_loss_on_the_answer_only(chat):
     from PIL import Image
 
     picture = Image.open(COGVLM_TINY / "image.png")
-    example = training_example(Processors.of(chat), picture, "What is it?", "42", max_length=200)
-    prompt = chat.text_processor("What is it?")
+    example = chat.processor.training_example("What is it?", "42", (), picture, max_length=200)
+    prompt = chat.processor("What is it?", (), picture)
     answer = chat.tokenizer.encode("42") + [chat.tokenizer.eos_token_id]
     n = len(prompt)
-    assert example["input_ids"].tolist() == prompt.input_ids[0].tolist() + answer
-    assert example["labels"].tolist() == [IGNORE_INDEX] * n + answer
-    assert example["position_ids"][n:].tolist() == [int(prompt.position_ids[0, -1]) + i for i in range(1, len(answer) + 1)]
-    assert example["vision_expert_mask"][n:].sum() == 0 and example["image_embed_mask"].sum() == 18
-    assert example["pixel_values"].shape == (3, 56, 56)
+    assert example.input_ids[0].tolist() == prompt.input_ids[0].tolist() + answer
+    assert example.labels[0].tolist() == [IGNORE_INDEX] * n + answer
+    assert example.position_ids[0, n:].tolist() == [int(prompt.position_ids[0, -1]) + i
+                                                    for i in range(1, len(answer) + 1)]
+    assert example.vision_expert_mask[0, n:].sum() == 0 and example.image_embed_mask.sum() == 18
+    assert example.images.pixel_values.shape == (1, 3, 56, 56) and example.prompt_length == n
     with pytest.raises(ValueError, match="leaves no room to learn"):
-        training_example(Processors.of(chat), picture, "What is it?", "42", max_length=n)
+        chat.processor.training_example("What is it?", "42", (), picture, max_length=n)
+
+
+def _example(length, label_from=0):
+    """A B = 1 training example of `length` tokens with an image slot of 2 and labels from `label_from` on."""
+    ids = torch.arange(10, 10 + length)[None]
+    slot = torch.zeros(1, length, dtype=torch.long)
+    slot[0, 1:3] = 1
+    labels = torch.where(torch.arange(length) >= label_from, ids, IGNORE_INDEX)
+    return ModelInputs(ids, torch.arange(length)[None], slot, slot, ImageInputs(torch.full((1, 3, 4, 4), length)),
+                       labels=labels)
 
 
 def test_collate_right_pads_and_drops_skipped_samples():
-    def example(length):
-        return {"input_ids": torch.arange(length), "position_ids": torch.arange(length),
-                "vision_expert_mask": torch.ones(length, dtype=torch.long),
-                "image_embed_mask": torch.ones(length, dtype=torch.long), "labels": torch.arange(length),
-                "pixel_values": torch.zeros(3, 4, 4)}
+    batch = collate([_example(3), None, _example(5)], pad_token_id=7)
+    assert batch.input_ids.tolist()[0] == [10, 11, 12, 7, 7]
+    assert batch.labels.tolist()[0][3:] == [IGNORE_INDEX, IGNORE_INDEX]
+    assert batch.attention_mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert batch.vision_expert_mask.tolist()[0][3:] == [0, 0] and batch.images.pixel_values.shape == (2, 3, 4, 4)
+    assert collate([None, None]) is None
 
-    batch = collate([example(3), None, example(5)], pad_token_id=7)
-    assert batch["input_ids"].tolist()[0] == [0, 1, 2, 7, 7]
-    assert batch["labels"].tolist()[0][3:] == [IGNORE_INDEX, IGNORE_INDEX]
-    assert batch["vision_expert_mask"].tolist()[0][3:] == [0, 0] and batch["pixel_values"].shape == (2, 3, 4, 4)
-    assert collate([None, None]) == {}
+
+def test_greedy_answers_start_from_each_rows_prompt(chat, monkeypatch):
+    """Each row of a right-padded batch is generated from its own prompt: no padding, no answer, its image."""
+    seen = []
+
+    def fake_generate(model, prompt, sampling, stop_token_ids=()):
+        seen.append(prompt)
+        return iter([])
+
+    monkeypatch.setattr("cogvlm.utils.inference.generation.generate", fake_generate)
+    batch = collate([_example(6, label_from=4), _example(3, label_from=2)], pad_token_id=7)
+    assert greedy_answers(None, batch, chat.tokenizer, max_new_tokens=4) == ["", ""]
+    assert [p.input_ids.tolist() for p in seen] == [[[10, 11, 12, 13]], [[10, 11]]]
+    assert [int(p.images.pixel_values[0, 0, 0, 0]) for p in seen] == [6, 3]
+    assert all(p.labels is None and p.attention_mask is None for p in seen)
 
 
 def test_next_token_loss_ignores_unlabelled_positions():
@@ -96,7 +119,7 @@ def test_unreadable_images_are_skipped_with_a_warning_and_counted(chat, tmp_path
     shutil.copy(COGVLM_TINY / "image.png", good)
     bad = tmp_path / "5678.png"
     bad.write_bytes(b"not a png")
-    dataset = CaptionDataset([Sample(good, "q?", "1234"), Sample(bad, "q?", "5678")], Processors.of(chat), 200)
+    dataset = CaptionDataset([Sample(good, "q?", "1234"), Sample(bad, "q?", "5678")], chat.processor, 200)
     assert dataset[0] is not None
     with pytest.warns(UserWarning, match="skipping an unreadable image"):
         assert dataset[1] is None

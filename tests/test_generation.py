@@ -2,16 +2,16 @@
 import pytest
 import torch
 
-from cogvlm.models.mlp_adapter import ImageInputs
-from cogvlm.utils.inference.generation import (Prompt, PromptTooLongError, SamplingConfig, decode_one_token, generate, prefill,
-                              sample_next_token)
+from cogvlm.models.inputs import ImageInputs
+from cogvlm.utils.inference.generation import (PromptTooLongError, SamplingConfig, decode_one_token, generate, prefill,
+                                               sample_next_token)
+from conftest import case_inputs
 
 EOS = 2
 
 
 def prompt_of(case, pixels):
-    return Prompt(case["input_ids"], case["position_ids"], case["vision_expert_mask"], case["image_embed_mask"],
-                  ImageInputs(pixels))
+    return case_inputs(case, ImageInputs(pixels))
 
 
 @pytest.mark.parametrize("name", ["base_describe", "chat_describe", "chat_old_count", "vqa_color", "chat_history",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cogvlm.models.mlp_adapter import ImageInputs, ImageTokenMismatchError
+from cogvlm.models.inputs import ImageInputs, ImageTokenMismatchError
 
 
 def test_adapter_matches_published_image_embeds(cogvlm_model, cogvlm_cases):
@@ -21,6 +21,6 @@ def test_image_tokens_are_framed_by_boi_and_eoi(cogvlm_model, cogvlm_cases):
 def test_image_slot_count_must_match_images(cogvlm_model, cogvlm_cases):
     case = cogvlm_cases["cases"]["chat_describe"]
     two_images = ImageInputs(cogvlm_cases["image"]["pixel_values"].expand(2, -1, -1, -1))
-    with pytest.raises(ImageTokenMismatchError, match="reserves 18 image positions, but 2 image"):
+    with pytest.raises(ImageTokenMismatchError, match=r"marks 18 image positions, but 2 image\(s\) of 18"):
         cogvlm_model(case["input_ids"], case["position_ids"], images=two_images,
                      image_embed_mask=case["image_embed_mask"], vision_expert_mask=case["vision_expert_mask"])

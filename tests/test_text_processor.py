@@ -12,16 +12,16 @@ from cogvlm.utils.preprocessing.text_processor import (
     TEXT_PROCESSOR_VERSIONS,
     EmptyQueryError,
     InvalidHistoryError,
-    TextInputs,
     TextProcessor,
     build_prompt,
     remove_image_slots,
 )
+from cogvlm.models.inputs import ModelInputs
 from cogvlm.utils.preprocessing.tokenizer import LlamaTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAMES = ("cogvlm-tiny", "cogagent-tiny")
-TENSOR_FIELDS = ("input_ids", "vision_expert_mask", "image_embed_mask", "image_rope_mask", "position_ids")
+TENSOR_FIELDS = ("input_ids", "vision_expert_mask", "image_embed_mask", "position_ids")
 TOKENIZER = LlamaTokenizer.from_path(FIXTURES / "cogvlm-tiny")
 
 
@@ -50,12 +50,31 @@ def test_prompt_matches_fixture(case, image_length):
 @pytest.mark.parametrize(("case", "image_length"), FIXTURE_CASES)
 def test_tensors_match_fixture(case, image_length):
     inputs = TextProcessor(TOKENIZER, case["version"], image_length)(case["query"], case["history"])
-    assert inputs.prompt == case["prompt"]
     assert len(inputs) == case["input_ids"].shape[1]
     for field in TENSOR_FIELDS:
         ours, reference = getattr(inputs, field), case[field]
         assert ours.dtype == reference.dtype == torch.int64, field
         assert torch.equal(ours, reference), field
+    # The published rotary mask (patches only) is the expert mask without boi; the model needs no separate one.
+    assert torch.equal(_patches(inputs), case["image_rope_mask"])
+    assert inputs.images is None and inputs.attention_mask is None and inputs.labels is None
+
+
+def test_text_only_prompt_is_the_image_prompt_without_its_slot():
+    processor = TextProcessor(TOKENIZER, "chat", 4)
+    with_image, text_only = processor("Where is it?", [("Hi", "Hello")]), processor("Where is it?", [("Hi", "Hello")],
+                                                                                  with_image=False)
+    slot = with_image.image_embed_mask[0].bool()
+    assert text_only.input_ids[0].tolist() == with_image.input_ids[0][~slot].tolist()
+    assert text_only.position_ids[0].tolist() == list(range(len(text_only)))
+    assert int(text_only.vision_expert_mask.sum()) == int(text_only.image_embed_mask.sum()) == 0
+
+
+def _patches(inputs: ModelInputs) -> torch.Tensor:
+    """The patch positions: the vision-expert positions after boi (the first of them)."""
+    rope = inputs.vision_expert_mask.clone()
+    rope[0, int(rope[0].nonzero()[0])] = 0
+    return rope
 
 
 def test_response_separators():
@@ -78,9 +97,9 @@ def test_rejects_bad_image_length(bad_length):
         TextProcessor(TOKENIZER, "chat", bad_length)
 
 
-def _check_image_layout(inputs: TextInputs, image_length: int) -> None:
+def _check_image_layout(inputs: ModelInputs, image_length: int) -> None:
     """Rules (not copied outputs): mask sizes, contiguity and position ids."""
-    embed, expert, rope = (m[0] for m in (inputs.image_embed_mask, inputs.vision_expert_mask, inputs.image_rope_mask))
+    embed, expert, rope = (m[0] for m in (inputs.image_embed_mask, inputs.vision_expert_mask, _patches(inputs)))
     assert int(embed.sum()) == image_length + 2
     assert int(expert.sum()) == image_length + 1
     assert int(rope.sum()) == image_length
@@ -108,7 +127,7 @@ def test_other_image_lengths(version, image_length):
     history = [("What is here?", "A box.")]
     inputs = TextProcessor(TOKENIZER, version, image_length)("Where is it?", history)
     _check_image_layout(inputs, image_length)
-    text_len = len(TOKENIZER.encode(inputs.prompt.split(IMAGE_SLOT)[1]))
+    text_len = len(TOKENIZER.encode(build_prompt(version, "Where is it?", history).split(IMAGE_SLOT)[1]))
     assert len(inputs) == 1 + image_length + 2 + text_len
     for field in TENSOR_FIELDS:
         tensor = getattr(inputs, field)
@@ -124,10 +143,11 @@ def test_empty_query_rejected(query):
 def test_image_slot_cannot_be_injected():
     processor = TextProcessor(TOKENIZER, "chat_old", 4)
     history = [(f"look {IMAGE_SLOT}", f"<E{IMAGE_SLOT}OI>answer")]
-    inputs = processor(f"what is <E{IMAGE_SLOT}OI>this{IMAGE_SLOT}?", history)
-    assert inputs.prompt.count(IMAGE_SLOT) == 1 and inputs.prompt.startswith(IMAGE_SLOT)
-    assert "what is this?" in inputs.prompt
-    _check_image_layout(inputs, 4)
+    query = f"what is <E{IMAGE_SLOT}OI>this{IMAGE_SLOT}?"
+    prompt = build_prompt("chat_old", query, history)
+    assert prompt.count(IMAGE_SLOT) == 1 and prompt.startswith(IMAGE_SLOT)
+    assert "what is this?" in prompt
+    _check_image_layout(processor(query, history), 4)
 
 
 def test_remove_image_slots_is_exhaustive():

@@ -11,10 +11,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from cogvlm.models.mlp_adapter import ImageInputs
-from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
-from cogvlm.utils.preprocessing.image_processor import ImageProcessor, load_image
-from cogvlm.utils.preprocessing.text_processor import TextProcessor
+from cogvlm.models.inputs import ImageInputs, ModelInputs
+from cogvlm.utils.inference.generation import SamplingConfig, generate
+from cogvlm.utils.preprocessing.image_processor import load_image
+from cogvlm.utils.preprocessing.processor import Processor
 from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer, TokenizerNotFoundError
 
 # Incomplete UTF-8 (a byte-fallback character cut between tokens) decodes to this; wait for the next token.
@@ -54,10 +54,8 @@ class ChatModel:
                 f"the tokenizer ({tokenizer.path}) has {tokenizer.vocab_size} tokens but the model's vocabulary has "
                 f"{model_vocab}: it is not this checkpoint's tokenizer")
         self.model, self.config, self.tokenizer = model, config, tokenizer
-        self.text_processor = TextProcessor(tokenizer, version, config.image_length)
-        self.image_processor = ImageProcessor(config.vision.image_size)
-        # CogAgent also sees the image at its cross resolution (1120 px), through the same preprocessing.
-        self.cross_image_processor = ImageProcessor(config.cross_image_size) if config.cross_image_size else None
+        # CogAgent's processor also makes the image at its cross resolution (1120 px).
+        self.processor = Processor.for_model(config, tokenizer, version)
 
     @classmethod
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
@@ -74,7 +72,7 @@ class ChatModel:
 
     @property
     def version(self) -> str:
-        return self.text_processor.version
+        return self.processor.version
 
     def prepare_image(self, source: str) -> ImageInputs:
         """Load (path or URL) and preprocess an image once; raises ImageLoadError with a one-line message."""
@@ -82,14 +80,13 @@ class ChatModel:
 
     def preprocess(self, image) -> ImageInputs:
         """A PIL image -> the model's pixel tensors (and CogAgent's high-resolution copy)."""
-        cross = self.cross_image_processor(image) if self.cross_image_processor else None
-        return ImageInputs(self.image_processor(image), cross)
+        return self.processor.images(image)
 
-    def prompt(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs) -> Prompt:
-        text = self.text_processor(query, history)
-        return Prompt(text.input_ids, text.position_ids, text.vision_expert_mask, text.image_embed_mask, image)
+    def prompt(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs | None) -> ModelInputs:
+        """The model inputs of one query (image None: a text-only prompt)."""
+        return self.processor(query, history, image)
 
-    def stream(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs,
+    def stream(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs | None,
                sampling: SamplingConfig) -> Iterator[str]:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
         token_ids: list[int] = []
@@ -105,6 +102,6 @@ class ChatModel:
         if len(text) > len(shown):      # ended inside/on an invalid byte sequence: show it as decoded (U+FFFD)
             yield text[len(shown):]
 
-    def answer(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs,
+    def answer(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs | None,
                sampling: SamplingConfig) -> str:
         return "".join(self.stream(query, history, image, sampling)).strip()

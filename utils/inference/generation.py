@@ -1,9 +1,11 @@
 """Autoregressive generation: prefill once, then one token per step into a preallocated KV cache.
 
-    prefill(model, prompt, cache)          the whole prompt with its images -> logits of the last position
+    prefill(model, inputs, cache)          the whole prompt with its images -> logits of the last position
     decode_one_token(model, token, ...)    one new token, language experts only -> logits
     sample_next_token(logits, ...)         greedy / temperature / top-k / top-p / repetition penalty
-    generate(model, prompt, sampling, stop_token_ids)   yields token ids as they are chosen (streaming)
+    generate(model, inputs, sampling, stop_token_ids)   yields token ids as they are chosen (streaming)
+
+The prompt is a `ModelInputs` (cogvlm.models.inputs), built by the processor (utils/preprocessing/processor.py).
 
 The image encoders run in `prefill` only: decode steps carry no image tokens, so nothing about the image is
 recomputed per token (the published code re-encodes CogAgent's cross image at every step).
@@ -15,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from cogvlm.models.mlp_adapter import ImageInputs
+from cogvlm.models.inputs import ModelInputs
 from cogvlm.utils.parallel.model_parallel import broadcast_from_first_rank
 
 
@@ -38,27 +40,10 @@ class SamplingConfig:
         return self.top_k == 1 or self.temperature <= 0
 
 
-@dataclass
-class Prompt:
-    """Model inputs of one prompt: token ids, rotary positions and image masks, each (B, L), and its images."""
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    vision_expert_mask: torch.Tensor
-    image_embed_mask: torch.Tensor
-    images: ImageInputs | None = None
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[1]
-
-
-def prefill(model, prompt: Prompt, kv_cache) -> torch.Tensor:
-    """Run the whole prompt, images included, filling the cache. -> (B, vocab) logits of the last position."""
-    images = prompt.images.to(model.device, model.dtype) if prompt.images is not None else None
-    logits = model(prompt.input_ids.to(model.device), prompt.position_ids.to(model.device), images=images,
-                   image_embed_mask=prompt.image_embed_mask.to(model.device),
-                   vision_expert_mask=prompt.vision_expert_mask.to(model.device),
-                   kv_cache=kv_cache, last_token_only=True)[0]
-    return logits[:, -1]
+def prefill(model, inputs: ModelInputs, kv_cache) -> torch.Tensor:
+    """Run the whole prompt, images included, filling the cache. -> (B, vocab) logits of the last position (with
+    left padding, every row's last prompt token)."""
+    return model.forward_inputs(inputs.to(model.device, model.dtype), kv_cache=kv_cache, last_token_only=True)[0][:, -1]
 
 
 def decode_one_token(model, token: torch.Tensor, position: torch.Tensor, kv_cache) -> torch.Tensor:
@@ -102,10 +87,12 @@ def check_prompt_fits(prompt_length: int, max_length: int, image_tokens: int = 0
 
 
 @torch.inference_mode()
-def generate(model, prompt: Prompt, sampling: SamplingConfig, stop_token_ids: tuple[int, ...] = ()
+def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_ids: tuple[int, ...] = ()
              ) -> Iterator[int]:
     """Yield new token ids of a single sequence (B = 1) until a stop token or max_length. Stop tokens are not
     yielded."""
+    if prompt.batch_size != 1:
+        raise ValueError(f"generate takes one request (B = 1), got {prompt.batch_size} rows")
     check_prompt_fits(len(prompt), sampling.max_length, int(prompt.image_embed_mask.sum()))
     generator = None
     if sampling.seed is not None:

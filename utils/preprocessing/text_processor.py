@@ -1,4 +1,4 @@
-"""Prompt templates and tokenisation of a (query, history) pair into model inputs.
+"""Prompt templates and tokenisation of a (query, history) pair into model inputs (``ModelInputs``).
 
 A prompt contains exactly one image slot, written ``<EOI>`` in the template.
 At tokenisation time that slot becomes ``image_length + 2`` placeholder tokens::
@@ -16,14 +16,14 @@ from types import MappingProxyType
 
 import torch
 
+from cogvlm.models.inputs import NUM_IMAGE_DELIMITERS, ModelInputs
+
 from .tokenizer import LlamaTokenizer
 
 IMAGE_SLOT = "<EOI>"
 # Token id written under the image slot. It is <unk> in LLaMA vocabularies; the
 # value never reaches the transformer because the embeddings are replaced.
 IMAGE_PLACEHOLDER_ID = 0
-# boi + eoi framing the patch tokens.
-NUM_IMAGE_DELIMITERS = 2
 
 History = Sequence[Sequence[str]]  # [(question, answer), ...]
 
@@ -137,23 +137,8 @@ def build_prompt(version: str, query: str, history: History = ()) -> str:
     return template.render(query, _clean_history(history))
 
 
-@dataclass
-class TextInputs:
-    """Model inputs for one prompt; every tensor is int64 of shape (1, L)."""
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    vision_expert_mask: torch.Tensor  # boi + patches: routed to the vision experts
-    image_embed_mask: torch.Tensor  # boi + patches + eoi: embeddings replaced
-    image_rope_mask: torch.Tensor  # patches only
-    prompt: str
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[1]
-
-
 class TextProcessor:
-    """Turns (query, history) into ``TextInputs`` for one prompt template."""
+    """Turns (query, history) into the token part of ``ModelInputs`` for one prompt template."""
 
     def __init__(self, tokenizer: LlamaTokenizer, version: str, image_length: int):
         if not isinstance(image_length, int) or image_length < 1:
@@ -167,13 +152,15 @@ class TextProcessor:
     def response_separator(self) -> str | None:
         return self.template.response_separator
 
-    def __call__(self, query: str, history: History = ()) -> TextInputs:
+    def __call__(self, query: str, history: History = (), with_image: bool = True) -> ModelInputs:
+        """Tensors (1, L) with no images attached. Without an image the slot's tokens are left out and nothing
+        goes to the visual experts; the text around the slot is tokenised the same way."""
         prompt = build_prompt(self.version, query, history)
         before, after = prompt.split(IMAGE_SLOT)  # exactly one slot, guaranteed by build_prompt
         # sentencepiece already yields [] for "", but skipping keeps the intent explicit.
         before_ids = self.tokenizer.encode(before) if before else []
         after_ids = self.tokenizer.encode(after)
-        num_slot_tokens = self.image_length + NUM_IMAGE_DELIMITERS
+        num_slot_tokens = self.image_length + NUM_IMAGE_DELIMITERS if with_image else 0
         ids = (
             [self.tokenizer.bos_token_id]
             + before_ids
@@ -181,12 +168,13 @@ class TextProcessor:
             + after_ids
         )
         boi = 1 + len(before_ids)
-        masks = _image_masks(len(ids), boi, self.image_length)
-        return TextInputs(
-            input_ids=torch.tensor([ids], dtype=torch.long),
-            prompt=prompt,
-            **masks,
-        )
+        masks = _image_masks(len(ids), boi, self.image_length) if with_image else _text_masks(len(ids))
+        return ModelInputs(input_ids=torch.tensor([ids], dtype=torch.long), **masks)
+
+
+def _text_masks(length: int) -> dict[str, torch.Tensor]:
+    zeros = torch.zeros(1, length, dtype=torch.long)
+    return {"position_ids": torch.arange(length)[None], "vision_expert_mask": zeros, "image_embed_mask": zeros}
 
 
 def _image_masks(length: int, boi: int, image_length: int) -> dict[str, torch.Tensor]:
@@ -200,15 +188,13 @@ def _image_masks(length: int, boi: int, image_length: int) -> dict[str, torch.Te
     first_patch = boi + 1
     image_embed = (index >= boi) & (index <= eoi)
     vision_expert = (index >= boi) & (index < eoi)
-    image_rope = (index >= first_patch) & (index < eoi)
-    advances = ~(image_rope & (index > first_patch))  # later patches do not move
-    position_ids = advances.long().cumsum(0) - 1  # bos gets 0
+    later_patch = (index > first_patch) & (index < eoi)  # later patches do not move
+    position_ids = (~later_patch).long().cumsum(0) - 1  # bos gets 0
     return {
         name: tensor.long().unsqueeze(0)  # (1, L)
         for name, tensor in (
             ("position_ids", position_ids),
             ("vision_expert_mask", vision_expert),
             ("image_embed_mask", image_embed),
-            ("image_rope_mask", image_rope),
         )
     }

@@ -2,8 +2,9 @@
 
     TrainableParts / freeze(...)      what trains is configuration: visual expert, adapter, boi/eoi, cross branch,
                                       LoRA (language model and ViT), a ViT layer range, or everything
-    training_example(...)             (query, history, answer) + image -> tensors, loss only on the answer
-    CaptionDataset, collate           a torch Dataset over samples; corrupt images are skipped and counted
+    CaptionDataset, collate           samples -> the processor's training examples (ModelInputs with labels, loss
+                                      only on the answer), right-padded into one ModelInputs; corrupt images are
+                                      skipped and counted
     forward_step / forward_step_eval  SAT hooks: next-token loss; greedy exact-match accuracy
     run(argv, model_name)             argument parsing, model + LoRA, training_main, LoRA merge, saving
 
@@ -18,11 +19,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100                     # labels that carry no loss (the prompt, the image, padding)
+from cogvlm.models.inputs import IGNORE_INDEX, ModelInputs
+
+if TYPE_CHECKING:
+    from cogvlm.utils.preprocessing.processor import Processor
 TRAINABLE_CHOICES = ("visual_expert", "adapter", "boi_eoi", "cross_branch", "lora", "vit", "everything")
 
 
@@ -94,55 +99,18 @@ def init_weights(model, seed: int) -> None:
 
 # --- data ---------------------------------------------------------------------------------------------------------
 
-@dataclass
-class Processors:
-    """What turns a sample into tensors: the chat model's text and image processors."""
-    text: object
-    image: object
-    cross_image: object | None = None
-
-    @classmethod
-    def of(cls, chat) -> "Processors":
-        return cls(chat.text_processor, chat.image_processor, chat.cross_image_processor)
-
-
-def training_example(processors: Processors, picture, query: str, answer: str, history=(),
-                     max_length: int = 2048) -> dict[str, torch.Tensor]:
-    """Prompt (with the image slot) + answer + eos; the loss is on the answer and eos only. Tensors (L,)."""
-    text = processors.text(query, history)
-    tokenizer = processors.text.tokenizer
-    answer_ids = torch.tensor(tokenizer.encode(answer) + [tokenizer.eos_token_id])
-    prompt_length = len(text)
-    if prompt_length + 1 >= max_length:
-        raise ValueError(f"the prompt is {prompt_length} tokens; max_length {max_length} leaves no room to learn")
-    positions = text.position_ids[0, -1] + torch.arange(1, len(answer_ids) + 1)
-    zeros = torch.zeros(len(answer_ids), dtype=torch.long)
-    example = {
-        "input_ids": torch.cat([text.input_ids[0], answer_ids]),
-        "position_ids": torch.cat([text.position_ids[0], positions]),
-        "vision_expert_mask": torch.cat([text.vision_expert_mask[0], zeros]),
-        "image_embed_mask": torch.cat([text.image_embed_mask[0], zeros]),
-        "labels": torch.cat([torch.full((prompt_length,), IGNORE_INDEX), answer_ids]),
-    }
-    example = {k: v[:max_length] for k, v in example.items()}
-    example["pixel_values"] = processors.image(picture)[0]
-    if processors.cross_image is not None:
-        example["cross_pixel_values"] = processors.cross_image(picture)[0]
-    return example
-
-
 class CaptionDataset(torch.utils.data.Dataset):
-    """Samples (image_path, query, answer, history) as training examples. An image that cannot be read is
-    skipped with a warning and counted (`skipped`); it never stops a run."""
+    """Samples (image_path, query, answer, history) as training examples (`ModelInputs` with labels, B = 1). An
+    image that cannot be read is skipped with a warning and counted (`skipped`); it never stops a run."""
 
-    def __init__(self, samples, processors: Processors, max_length: int):
-        self.samples, self.processors, self.max_length = list(samples), processors, max_length
+    def __init__(self, samples, processor: Processor, max_length: int):
+        self.samples, self.processor, self.max_length = list(samples), processor, max_length
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> ModelInputs | None:
         from cogvlm.utils.preprocessing.image_processor import load_image
 
         sample = self.samples[index]
@@ -153,37 +121,17 @@ class CaptionDataset(torch.utils.data.Dataset):
                 self.skipped.add(str(sample.image_path))
                 warnings.warn(f"skipping an unreadable image ({len(self.skipped)} so far): {problem}")
             return None
-        return training_example(self.processors, picture, sample.query, sample.answer, sample.history,
-                                self.max_length)
+        return self.processor.training_example(sample.query, sample.answer, sample.history, picture,
+                                               self.max_length)
 
 
-def collate(examples: list[dict | None], pad_token_id: int = 0) -> dict:
-    """Right-pad a batch (the causal mask keeps padding out of every real token's view). Skipped samples
-    (None) are dropped; a batch of only skipped samples becomes {}."""
+def collate(examples: list[ModelInputs | None], pad_token_id: int = 0) -> ModelInputs | None:
+    """Right-pad a batch (the causal mask keeps padding out of every real token's view; padding has no label).
+    Skipped samples (None) are dropped; a batch of only skipped samples is None."""
     examples = [e for e in examples if e is not None]
     if not examples:
-        return {}
-    length = max(len(e["input_ids"]) for e in examples)
-    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
-
-    def padded(key):
-        return torch.stack([F.pad(e[key], (0, length - len(e[key])), value=fill.get(key, 0)) for e in examples])
-
-    batch = {key: padded(key) for key in ("input_ids", "position_ids", "vision_expert_mask", "image_embed_mask",
-                                          "labels")}
-    batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
-    if "cross_pixel_values" in examples[0]:
-        batch["cross_pixel_values"] = torch.stack([e["cross_pixel_values"] for e in examples])
-    return batch
-
-
-def model_inputs(batch: dict, dtype: torch.dtype, device) -> dict:
-    from cogvlm.models.mlp_adapter import ImageInputs
-
-    cross = batch.get("cross_pixel_values")
-    images = ImageInputs(batch["pixel_values"], cross).to(device, dtype)
-    keys = ("input_ids", "position_ids", "vision_expert_mask", "image_embed_mask")
-    return {**{k: batch[k].to(device) for k in keys}, "images": images}
+        return None
+    return ModelInputs.batch(examples, pad_token_id, side="right")
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -192,9 +140,9 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
-def _next_batch(data_iterator) -> dict:
-    batch = {}
-    while not batch:                        # a batch of only unreadable images: take the next one
+def _next_batch(data_iterator) -> ModelInputs:
+    batch = None
+    while batch is None:                    # a batch of only unreadable images: take the next one
         batch = next(data_iterator)
     return batch
 
@@ -206,32 +154,27 @@ def _unwrapped(model):
 def forward_step(data_iterator, model, args, timers):
     batch = _next_batch(data_iterator)
     core = _unwrapped(model)
-    logits = model(**model_inputs(batch, core.dtype, core.device))[0]
-    loss = next_token_loss(logits, batch["labels"])
+    logits = model(**batch.to(core.device, core.dtype).forward_arguments())[0]
+    loss = next_token_loss(logits, batch.labels)
     return loss, {"loss": loss}
 
 
-def greedy_answers(model, batch: dict, tokenizer, max_new_tokens: int) -> list[str]:
-    """Greedy answers for the prompts of a training batch (the part of each example without a label)."""
-    from cogvlm.models.mlp_adapter import ImageInputs
-    from cogvlm.utils.inference.generation import Prompt, SamplingConfig, generate
+def greedy_answers(model, batch: ModelInputs, tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy answers for the prompts of a training batch (each row's positions before its first label)."""
+    from cogvlm.utils.inference.generation import SamplingConfig, generate
 
     answers = []
-    for i in range(batch["input_ids"].shape[0]):
-        prompt_length = int((batch["labels"][i] == IGNORE_INDEX).cumprod(0).sum())
-        cross = batch.get("cross_pixel_values")
-        images = ImageInputs(batch["pixel_values"][i:i + 1], None if cross is None else cross[i:i + 1])
-        prompt = Prompt(*(batch[k][i:i + 1, :prompt_length] for k in
-                          ("input_ids", "position_ids", "vision_expert_mask", "image_embed_mask")), images)
-        tokens = generate(model, prompt, SamplingConfig(max_length=prompt_length + max_new_tokens),
+    for i in range(batch.batch_size):
+        prompt = batch.row(i).prompt()
+        tokens = generate(model, prompt, SamplingConfig(max_length=len(prompt) + max_new_tokens),
                           (tokenizer.eos_token_id,))
         answers.append(tokenizer.decode(list(tokens)).strip())
     return answers
 
 
-def labels_text(batch: dict, tokenizer) -> list[str]:
+def labels_text(batch: ModelInputs, tokenizer) -> list[str]:
     return [tokenizer.decode([t for t in row.tolist() if t not in (IGNORE_INDEX, tokenizer.eos_token_id)]).strip()
-            for row in batch["labels"]]
+            for row in batch.labels]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -306,12 +249,11 @@ def run(argv=None, model_name: str = "CogVLM"):
     # SAT writes model_config.json from args at every save: give it this model's published configuration.
     for key, value in config.to_model_config().items():
         setattr(args, key, value)
-    processors = Processors.of(chat)
     query = args.query or CAPTCHA_QUERY
     datasets = []
 
     def create_dataset_function(path, args):
-        dataset = CaptionDataset(captcha_samples(path, query), processors, args.max_length)
+        dataset = CaptionDataset(captcha_samples(path, query), chat.processor, args.max_length)
         datasets.append(dataset)
         return dataset
 
@@ -319,7 +261,7 @@ def run(argv=None, model_name: str = "CogVLM"):
         batch = _next_batch(data_iterator)
         core = _unwrapped(model)
         with torch.no_grad():
-            loss = next_token_loss(core(**model_inputs(batch, core.dtype, core.device))[0], batch["labels"])
+            loss = next_token_loss(core.forward_inputs(batch.to(core.device, core.dtype))[0], batch.labels)
             predictions = greedy_answers(core, batch, chat.tokenizer, max_new_tokens=args.max_length)
         exact, case_insensitive = exact_match(predictions, labels_text(batch, chat.tokenizer))
         return loss, {"loss": loss, "acc": torch.tensor(exact), "acc_w/o_case": torch.tensor(case_insensitive)}
