@@ -150,6 +150,7 @@ def test_qlora_without_its_gpu_library_is_a_clear_error():
     assert "--use_qlora needs bitsandbytes" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_short_training_run_lowers_the_loss_and_writes_a_checkpoint_that_loads(tmp_path):
     """The whole pipeline: data generation, split, SAT training_main + DeepSpeed on the CPU, LoRA-free full
     training of a tiny model from scratch, evaluation during training, the saved checkpoint in the CLI."""
