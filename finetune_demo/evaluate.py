@@ -13,12 +13,12 @@ from pathlib import Path
 from cogvlm import warn_if_other_checkout
 
 
-def evaluate(chat, folder, query: str, max_new_tokens: int):
-    """(AccuracyRow, skipped image count, [(label, prediction)]) for one folder."""
-    from cogvlm.utils.training.data import AccuracyRow, captcha_samples, exact_match, load_images_skipping_bad
+def evaluate(chat, folder, samples, max_new_tokens: int):
+    """(AccuracyRow, skipped image count, [(label, prediction)]) for the samples of one folder."""
+    from cogvlm.utils.training.data import AccuracyRow, exact_match, load_images_skipping_bad
     from cogvlm.utils.inference.generation import SamplingConfig
 
-    loaded, skipped = load_images_skipping_bad(captcha_samples(folder, query))
+    loaded, skipped = load_images_skipping_bad(samples)
     predictions, labels = [], []
     for sample, picture in loaded:
         prompt = chat.processor(sample.query, sample.history, picture)
@@ -44,21 +44,26 @@ def main(argv=None) -> int:
     import torch
 
     from cogvlm.utils.inference.chat import ChatModel
-    from cogvlm.utils.training.data import CAPTCHA_QUERY, format_accuracy_table
+    from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples, format_accuracy_table
 
+    try:        # the folders first: a wrong path is reported before the minutes a large checkpoint takes to load
+        samples = {folder: captcha_samples(folder, args.query or CAPTCHA_QUERY) for folder in args.data}
+    except FileNotFoundError as problem:                        # a --data folder that is not there or empty
+        print(f"Error: --data: {problem}", file=sys.stderr)
+        return 1
     try:
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version,
                                          torch.bfloat16 if args.bf16 else torch.float32,
                                          "cuda" if torch.cuda.is_available() else "cpu")
         rows = []
         for folder in args.data:
-            row, skipped, pairs = evaluate(chat, folder, args.query or CAPTCHA_QUERY, args.max_new_tokens)
+            row, skipped, pairs = evaluate(chat, folder, samples[folder], args.max_new_tokens)
             rows.append(row)
             for label, prediction in pairs[:args.show]:
                 print(f"{row.split}: label {label!r} -> {prediction!r}")
             if skipped:
                 print(f"{row.split}: skipped {skipped} unreadable image(s)")
-    except ValueError as problem:
+    except ValueError as problem:                               # checkpoint, download or tokenizer errors
         print(f"Error: {problem}", file=sys.stderr)
         return 1
     print(format_accuracy_table(rows))

@@ -2,6 +2,8 @@
 # Shared by finetune_cogvlm_lora.sh and finetune_cogagent_lora.sh: launches the demo with the published options.
 # Every setting can be overridden from the environment, e.g. TRAIN_ITERS=50 bash finetune_cogvlm_lora.sh
 # GPUs: the deepspeed launcher (a hostfile for several nodes), BF16 config. No GPU: one CPU process, fp32 config.
+# LAUNCHER=deepspeed or LAUNCHER=python overrides the launcher (the tests run the deepspeed launcher on a CPU).
+# The fine-tuned model is saved to $SAVE_DIR/merged-cogvlm (or merged-cogagent), SAT's run folders beside it.
 set -euo pipefail
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 main_dir=$(dirname "$script_dir")
@@ -21,14 +23,20 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     DS_CONFIG=${DS_CONFIG:-$script_dir/ds_config_bf16.json}
-    if [ -f "$HOST_FILE_PATH" ]; then hostfile=(--hostfile "$HOST_FILE_PATH"); else hostfile=(); fi
-    launcher=(deepspeed --master_port 16666 "${hostfile[@]}" --num_gpus "$NUM_GPUS_PER_WORKER")
+    LAUNCHER=${LAUNCHER:-deepspeed}
     backend=nccl
 else
     DS_CONFIG=${DS_CONFIG:-$script_dir/ds_config_cpu.json}
-    launcher=(python)
+    LAUNCHER=${LAUNCHER:-python}
     backend=gloo
 fi
+case "$LAUNCHER" in
+    deepspeed)
+        if [ -f "$HOST_FILE_PATH" ]; then hostfile=(--hostfile "$HOST_FILE_PATH"); else hostfile=(); fi
+        launcher=(deepspeed --master_port "${MASTER_PORT:-16666}" "${hostfile[@]}" --num_gpus "$NUM_GPUS_PER_WORKER");;
+    python) launcher=(python);;
+    *) echo "Error: LAUNCHER must be deepspeed or python, not '$LAUNCHER'" >&2; exit 2;;
+esac
 
 "${launcher[@]}" "$script_dir/$DEMO_SCRIPT" \
     --experiment-name "finetune-$(basename "$MODEL_TYPE")" \

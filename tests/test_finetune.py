@@ -15,8 +15,10 @@ from cogvlm.models.config import CAPTCHA_TINY_CONFIG
 from cogvlm.utils.inference.chat import ChatModel
 from cogvlm.utils.checkpoint_io.loading import build_model
 from cogvlm.models.inputs import IGNORE_INDEX, ImageInputs, ModelInputs
-from cogvlm.utils.training.finetune import (CaptionDataset, TrainableParts, collate, freeze, greedy_answers,
-                                            init_weights, next_token_loss, trainable_parameters)
+from cogvlm.utils.training import finetune
+from cogvlm.utils.training.finetune import (CaptionDataset, TrainableParts, collate, evaluation_step, freeze,
+                                            greedy_answers, init_weights, labels_text, next_token_loss,
+                                            trainable_parameters)
 from cogvlm.utils.training.data import Sample
 from conftest import COGVLM_TINY
 
@@ -126,6 +128,36 @@ def test_unreadable_images_are_skipped_with_a_warning_and_counted(chat, tmp_path
     assert dataset.skipped == {str(bad)}
 
 
+def test_images_skipped_in_dataloader_workers_are_counted_in_the_training_process(chat, tmp_path):
+    """SAT reads samples in DataLoader worker processes; the end-of-run summary is printed by the main one."""
+    good = shutil.copy(COGVLM_TINY / "image.png", tmp_path / "1234.png")
+    bad = tmp_path / "5678.png"
+    bad.write_bytes(b"not a png")
+    samples = [Sample(Path(good), "q?", "1234"), Sample(bad, "q?", "5678")]
+    dataset = CaptionDataset(samples, chat.processor, 200)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate)
+    (batch,) = list(loader)
+    assert batch.input_ids.shape[0] == 1
+    assert dataset.skipped == {str(bad)}
+
+
+def test_in_training_evaluation_asks_for_at_most_its_max_new_tokens(chat, monkeypatch):
+    from PIL import Image
+
+    example = chat.processor.training_example("q?", "42", (), Image.open(COGVLM_TINY / "image.png"), max_length=200)
+    batch = collate([example], chat.tokenizer.pad_token_id)
+    asked = []
+
+    def right_answers(model, batch, tokenizer, max_new_tokens):
+        asked.append(max_new_tokens)
+        return labels_text(batch, tokenizer)
+
+    monkeypatch.setattr(finetune, "greedy_answers", right_answers)
+    loss, metrics = evaluation_step(chat.tokenizer, 3)(iter([batch]), chat.model, None, None)
+    assert asked == [3]
+    assert metrics["acc"] == 1 and metrics["acc_w/o_case"] == 1 and torch.isfinite(loss)
+
+
 def test_init_weights_is_seeded():
     a, b = (build_model(CAPTCHA_TINY_CONFIG, device="cpu") for _ in range(2))
     init_weights(a, 3)
@@ -141,6 +173,7 @@ def test_qlora_without_its_gpu_library_is_a_clear_error():
     assert "--use_qlora needs bitsandbytes" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_short_training_run_lowers_the_loss_and_writes_a_checkpoint_that_loads(tmp_path):
     """The whole pipeline: data generation, split, SAT training_main + DeepSpeed on the CPU, LoRA-free full
     training of a tiny model from scratch, evaluation during training, the saved checkpoint in the CLI."""

@@ -5,7 +5,7 @@
     CaptionDataset, collate           samples -> the processor's training examples (ModelInputs with labels, loss
                                       only on the answer), right-padded into one ModelInputs; corrupt images are
                                       skipped and counted
-    forward_step / forward_step_eval  SAT hooks: next-token loss; greedy exact-match accuracy
+    forward_step / evaluation_step    SAT hooks: next-token loss; greedy exact-match accuracy (few new tokens)
     run(argv, model_name)             argument parsing, model + LoRA, training_main, LoRA merge, saving
 
 On a machine without CUDA the same path runs on the CPU (gloo, fp32, ZeRO-1 with torch's Adam: see
@@ -28,6 +28,9 @@ from cogvlm.models.inputs import IGNORE_INDEX, ModelInputs
 
 if TYPE_CHECKING:
     from cogvlm.utils.preprocessing.processor import Processor
+# New tokens per greedy answer in the in-training evaluation, as finetune_demo/evaluate.py's --max_new_tokens: a
+# captcha answer is a few tokens, and decoding up to --max_length (1288) per sample made evaluation crawl.
+EVAL_MAX_NEW_TOKENS = 16
 TRAINABLE_CHOICES = ("visual_expert", "adapter", "boi_eoi", "cross_branch", "lora", "vit", "everything")
 
 
@@ -101,11 +104,19 @@ def init_weights(model, seed: int) -> None:
 
 class CaptionDataset(torch.utils.data.Dataset):
     """Samples (image_path, query, answer, history) as training examples (`ModelInputs` with labels, B = 1). An
-    image that cannot be read is skipped with a warning and counted (`skipped`); it never stops a run."""
+    image that cannot be read is skipped with a warning and counted (`skipped`); it never stops a run.
+
+    SAT's DataLoaders read samples in worker processes, each with its own copy of the dataset, so the record of
+    skipped samples is a tensor in shared memory: what a worker marks, the training process sees."""
 
     def __init__(self, samples, processor: Processor, max_length: int):
         self.samples, self.processor, self.max_length = list(samples), processor, max_length
-        self.skipped: set[str] = set()
+        self._unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped(self) -> set[str]:
+        """The paths of the images found unreadable so far, in any process."""
+        return {str(self.samples[i].image_path) for i in self._unreadable.nonzero().flatten().tolist()}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -117,9 +128,9 @@ class CaptionDataset(torch.utils.data.Dataset):
         try:
             picture = load_image(str(sample.image_path))
         except ValueError as problem:
-            if str(sample.image_path) not in self.skipped:
-                self.skipped.add(str(sample.image_path))
-                warnings.warn(f"skipping an unreadable image ({len(self.skipped)} so far): {problem}")
+            if not self._unreadable[index]:
+                self._unreadable[index] = True
+                warnings.warn(f"skipping an unreadable image: {problem}")
             return None
         return self.processor.training_example(sample.query, sample.answer, sample.history, picture,
                                                self.max_length)
@@ -172,6 +183,23 @@ def greedy_answers(model, batch: ModelInputs, tokenizer, max_new_tokens: int) ->
     return answers
 
 
+def evaluation_step(tokenizer, max_new_tokens: int):
+    """SAT's forward_step_eval hook: the loss, and the exact-match accuracy of greedy answers of at most
+    `max_new_tokens` tokens (as the published demo's acc and acc_w/o_case)."""
+    from cogvlm.utils.training.data import exact_match
+
+    def forward_step_eval(data_iterator, model, args, timers):
+        batch = _next_batch(data_iterator)
+        core = _unwrapped(model)
+        with torch.no_grad():
+            loss = next_token_loss(core.forward_inputs(batch.to(core.device, core.dtype))[0], batch.labels)
+            predictions = greedy_answers(core, batch, tokenizer, max_new_tokens=max_new_tokens)
+        exact, case_insensitive = exact_match(predictions, labels_text(batch, tokenizer))
+        return loss, {"loss": loss, "acc": torch.tensor(exact), "acc_w/o_case": torch.tensor(case_insensitive)}
+
+    return forward_step_eval
+
+
 def labels_text(batch: ModelInputs, tokenizer) -> list[str]:
     return [tokenizer.decode([t for t in row.tolist() if t not in (IGNORE_INDEX, tokenizer.eos_token_id)]).strip()
             for row in batch.labels]
@@ -196,8 +224,13 @@ def parse_args(argv):
     parser.add_argument("--layer_range", nargs=2, type=int, default=None, help="ViT layers [start, end) to train")
     parser.add_argument("--train", nargs="+", choices=TRAINABLE_CHOICES, default=["visual_expert"])
     parser.add_argument("--query", default=None, help="captcha data: the question asked of every image")
-    parser.add_argument("--merged_save", default=None, help="where the LoRA-merged checkpoint goes")
+    parser.add_argument("--merged_save", default=None,
+                        help="where the fine-tuned (LoRA-merged) checkpoint goes; default SAVE/merged-<model>")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=EVAL_MAX_NEW_TOKENS,
+                        help="greedy tokens generated per sample by the in-training evaluation")
     known, rest = parser.parse_known_args(argv)
+    if known.eval_max_new_tokens < 1:
+        raise SystemExit(f"Error: --eval_max_new_tokens must be at least 1, got {known.eval_max_new_tokens}")
     if known.use_qlora:
         raise SystemExit("Error: --use_qlora needs bitsandbytes' 4-bit kernels on a CUDA GPU; use --use_lora here")
     if known.use_ptuning:
@@ -219,22 +252,43 @@ def parse_args(argv):
     return argparse.Namespace(**{**vars(args), **vars(known)})
 
 
+DATA_FLAGS = (("--train-data", "train_data"), ("--valid-data", "valid_data"), ("--test-data", "test_data"))
+DATA_HINT = "make one with finetune_demo/make_captcha_dataset.py and utils/split_dataset.py"
+
+
+def read_data_folders(args, query: str) -> dict[str, list]:
+    """The samples of every --train-data / --valid-data / --test-data folder by path, read before the model loads
+    so that a wrong path ends the run at once, in one line (SystemExit), not in a traceback from SAT's loaders."""
+    from cogvlm.utils.training.data import captcha_samples
+
+    samples = {}
+    for flag, name in DATA_FLAGS:
+        for path in getattr(args, name) or ():
+            try:
+                samples[path] = captcha_samples(path, query)
+            except FileNotFoundError as problem:
+                raise SystemExit(f"Error: {flag}: {problem} ({DATA_HINT})") from None
+    return samples
+
+
 def run(argv=None, model_name: str = "CogVLM"):
     from sat.training.deepspeed_training import training_main
     from sat.model.finetune.lora2 import LoraMixin
 
     from cogvlm.utils.inference.chat import ChatModel
     from cogvlm.utils.checkpoint_io.loading import save_model
-    from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples, exact_match
+    from cogvlm.utils.training.data import CAPTCHA_QUERY
     from cogvlm.utils.training.sat_patches import apply_cpu_training_patches
 
     args = parse_args(argv)
+    query = args.query or CAPTCHA_QUERY
+    samples = read_data_folders(args, query)
     apply_cpu_training_patches()
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     try:
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version or "chat", dtype,
                                          "cuda" if torch.cuda.is_available() else "cpu")
-    except ValueError as problem:      # a checkpoint that cannot be found, downloaded or read; a tokenizer
+    except ValueError as problem:       # not found, a failed download, a broken checkpoint, no tokenizer
         raise SystemExit(f"Error: {problem}") from None
     model, config = chat.model, chat.config
     model.train()
@@ -249,27 +303,19 @@ def run(argv=None, model_name: str = "CogVLM"):
     # SAT writes model_config.json from args at every save: give it this model's published configuration.
     for key, value in config.to_model_config().items():
         setattr(args, key, value)
-    query = args.query or CAPTCHA_QUERY
     datasets = []
 
     def create_dataset_function(path, args):
-        dataset = CaptionDataset(captcha_samples(path, query), chat.processor, args.max_length)
+        dataset = CaptionDataset(samples[path], chat.processor, args.max_length)
         datasets.append(dataset)
         return dataset
 
-    def forward_step_eval(data_iterator, model, args, timers):
-        batch = _next_batch(data_iterator)
-        core = _unwrapped(model)
-        with torch.no_grad():
-            loss = next_token_loss(core.forward_inputs(batch.to(core.device, core.dtype))[0], batch.labels)
-            predictions = greedy_answers(core, batch, chat.tokenizer, max_new_tokens=args.max_length)
-        exact, case_insensitive = exact_match(predictions, labels_text(batch, chat.tokenizer))
-        return loss, {"loss": loss, "acc": torch.tensor(exact), "acc_w/o_case": torch.tensor(case_insensitive)}
-
+    # SAT appends "<experiment-name>-<time>" to args.save; the merged model goes where the README says.
+    target = Path(args.merged_save or Path(args.save or "checkpoints") / f"merged-{model_name.lower()}")
     engine = training_main(args, model_cls=model, forward_step_function=forward_step,
                            create_dataset_function=create_dataset_function,
                            collate_fn=lambda batch: collate(batch, chat.tokenizer.pad_token_id),
-                           forward_step_eval=forward_step_eval)
+                           forward_step_eval=evaluation_step(chat.tokenizer, args.eval_max_new_tokens))
     skipped = set().union(*(d.skipped for d in datasets)) if datasets else set()
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s)", flush=True)
@@ -279,7 +325,6 @@ def run(argv=None, model_name: str = "CogVLM"):
         trained.get_mixin("image").encoder.get_mixin("lora").merge_lora()
         trained.del_mixin("lora")
         trained.get_mixin("image").encoder.del_mixin("lora")
-    target = Path(args.merged_save or Path(args.save or "checkpoints") / f"merged-{model_name.lower()}")
     trained.eval()
     # with the tokenizer: a self-contained checkpoint folder for cli_demo_sat.py
     save_model(trained, target, tokenizer=Path(chat.tokenizer.path))
