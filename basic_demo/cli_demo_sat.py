@@ -11,6 +11,9 @@ the session (exit status 130).
 
 Output: answers, prompts and the session's own lines on stdout; errors, notes and the libraries' start-up notices
 on stderr. The one-shot mode prints the answer alone on stdout.
+
+Exit status: 0; 1 after an error (2 for --quant); 130 after Ctrl-C. Under torchrun a start-up error ends every rank
+with 0 after its one-line error, because torchrun follows any other status with a traceback of its own.
 """
 from __future__ import annotations
 
