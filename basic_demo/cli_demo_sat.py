@@ -6,20 +6,30 @@
     torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py ...          # split across 2 processes (model parallel)
 
 Interactive: an image path or URL, then queries; "clear" starts over with a new image, "stop" or end of input
-ends. Bad input gets a one-line error and the loop goes on.
+ends. Bad input gets a one-line error and the loop goes on. Ctrl-C stops the current answer; at a prompt it ends
+the session (exit status 130).
+
+Output: answers, prompts and the session's own lines on stdout; errors, notes and the libraries' start-up notices
+on stderr. The one-shot mode prints the answer alone on stdout.
+
+Exit status: 0; 1 after an error (2 for --quant); 130 after Ctrl-C. Under torchrun a start-up error ends every rank
+with 0 after its one-line error, because torchrun follows any other status with a traceback of its own.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
-from cogvlm.utils.inference.messages import message
+from cogvlm.utils.inference.messages import describe, message
 
 DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"     # a small CogVLM that reads captchas
+DEFAULT_VERSION = "chat"
 STOP, CLEAR = "stop", "clear"
+EXIT_INTERRUPTED = 130          # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,8 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="penalty for repeated tokens")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--chinese", action="store_true", help="Chinese interface")
-    parser.add_argument("--version", default="chat", choices=["chat", "vqa", "chat_old", "base"],
-                        help="prompt template; a checkpoint's text_processor_version overrides it")
+    parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
+                        help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
+                             f"overrides it")
     parser.add_argument("--quant", choices=[8, 4], type=int, default=None, help="quantization bits")
     parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
                         help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
@@ -46,11 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--query", help="one-shot: the question; prints the answer and exits")
     args = parser.parse_args(argv)
     if (args.image is None) != (args.query is None):
-        parser.error("--image and --query go together")
+        parser.error(message("image_and_query", args.chinese))
     if args.fp16 and args.bf16:
-        parser.error("choose one of --fp16 and --bf16")
+        parser.error(message("fp16_and_bf16", args.chinese))
     if args.max_length < 2:
-        parser.error("--max_length must be at least 2")
+        parser.error(message("max_length_too_small", args.chinese))
     return args
 
 
@@ -61,15 +72,36 @@ class Console:
         self.chinese = chinese
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ      # set by torchrun for its workers
         self.echo = not sys.stdin.isatty()     # piped input: echo it so each answer starts its own line
+        self.line_editing = False
 
     def say(self, text: str = "", end: str = "\n") -> None:
         if self.rank == 0:
             print(text, end=end, flush=True)
 
-    def error(self, problem) -> None:
+    def note(self, text: str) -> None:
+        """A status line beside the answers (stderr, so that stdout holds what the model says)."""
         if self.rank == 0:
-            print(message("error_prefix", self.chinese) + str(problem), file=sys.stderr, flush=True)
+            print(text, file=sys.stderr, flush=True)
+
+    def error(self, problem: BaseException | str) -> None:
+        text = problem if isinstance(problem, str) else describe(problem, self.chinese)
+        self.note(message("error_prefix", self.chinese) + text)
+
+    def startup_failure_status(self, status: int = 1) -> int:
+        """The exit status after a start-up error (reported on rank 0): `status`, except under torchrun.
+
+        torchrun answers any non-zero exit of a rank with a ChildFailedError traceback and report after the user's
+        line (torch/distributed/launcher/api.py raises it whatever the rank says). A start-up error met before the
+        process group exists is met alike by every rank (same flags, same files) and no rank waits for another,
+        so there every rank ends with 0 and the user's line stands alone. Once the group exists, a failing rank
+        exits with `status` so that torchrun stops the ranks that would wait for it."""
+        if not self.under_torchrun:
+            return status
+        import torch.distributed as dist
+
+        return status if dist.is_available() and dist.is_initialized() else 0
 
     def from_first_rank(self, produce):
         """Run `produce` on rank 0 only (e.g. reading an image that only its machine may see) and give every
@@ -79,13 +111,13 @@ class Console:
             try:
                 box[0] = produce()
             except ValueError as problem:
-                box[1] = str(problem)
+                box[1] = problem                    # the exception itself: its class words it (see describe)
         if self.world_size > 1:
             import torch.distributed as dist
 
             dist.broadcast_object_list(box, src=0)
         if box[1] is not None:
-            raise ValueError(box[1])
+            raise box[1]
         return box[0]
 
     @property
@@ -95,13 +127,31 @@ class Console:
         the process and torchrun stops the others instead of leaving them waiting."""
         return (ValueError, RuntimeError) if self.world_size == 1 else (ValueError,)
 
+    def _enable_line_editing(self) -> None:
+        """At a terminal, `input()` without the readline module writes its prompt to stderr (CPython's fallback
+        line reader); with it, the prompt goes to stdout beside the answers, and the line can be edited."""
+        if self.line_editing or not (sys.stdin.isatty() and sys.stdout.isatty()):
+            return
+        try:
+            import readline  # noqa: F401 - imported for its effect on input()
+        except ImportError:                 # e.g. Windows: see _read
+            return
+        self.line_editing = True
+
+    def _read(self, prompt: str) -> str:
+        self._enable_line_editing()
+        if self.line_editing or not sys.stdin.isatty():    # input() writes the prompt to stdout itself
+            return input(prompt)
+        print(prompt, end="", flush=True)
+        return input()
+
     def ask(self, key: str) -> str | None:
         """A stripped input line, or None at end of input."""
         line = None
         if self.rank == 0:
             prompt = message(key, self.chinese)
             try:
-                line = input(prompt).strip()
+                line = self._read(prompt).strip()
                 if self.echo:
                     print(line, flush=True)
             except EOFError:
@@ -144,7 +194,8 @@ class BoxDrawer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = draw_boxes(picture, ground_phrases(response), self.output_dir / f"answer_{self.count}.png")
         except OSError as problem:                    # an unwritable --output_dir must not end the chat
-            self.console.error(f"cannot save the boxes under {self.output_dir}: {problem}")
+            self.console.error(message("boxes_not_saved", self.console.chinese, folder=self.output_dir,
+                                       detail=describe(problem)))
             return
         self.console.say(message("boxes_drawn", self.console.chinese, path=path))
 
@@ -177,52 +228,84 @@ def interactive(chat, console: Console, sampling, stream: bool, draw: BoxDrawer)
             except console.recoverable as problem:          # too long, empty, or a failure inside the model
                 console.error(problem)
                 continue
+            except KeyboardInterrupt:
+                if console.world_size > 1:      # the other ranks are inside this answer's collectives: end them all
+                    raise
+                if stream:
+                    console.say()               # end the partial answer's line
+                console.note(message("answer_stopped", console.chinese))
+                continue                        # the stopped turn is not part of the history
             if not stream:
                 console.say(message("model_prefix", console.chinese) + response)
             draw(picture, response)
             history.append((query, response))
 
 
+def load_chat(args, console: Console):
+    """The ChatModel of the flags, or None after a one-line error. Library notices printed while importing and
+    loading (DeepSpeed's "Setting accelerator to CPU" goes to stdout) are sent to stderr: stdout carries the
+    answers. DeepSpeed's log handler keeps the stream it was created with, so its later notices go there too."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import torch
+
+        from cogvlm.utils.inference.chat import ChatModel
+
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            # Under torchrun every process holds one model-parallel shard, as in the published demo.
+            return ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer,
+                                             args.version or DEFAULT_VERSION, dtype, device,
+                                             model_parallel_size=console.world_size)
+        except ValueError as problem:              # checkpoint, tokenizer or configuration errors
+            console.error(problem)
+            return None
+
+
+def one_shot(chat, console: Console, args, sampling, draw: BoxDrawer) -> int:
+    from cogvlm.utils.preprocessing.image_processor import load_image
+
+    try:
+        picture = console.from_first_rank(lambda: load_image(args.image))
+        response = chat.answer(args.query, [], chat.preprocess(picture), sampling)
+    except console.recoverable as problem:
+        console.error(problem)
+        return 1
+    console.say(response)
+    draw(picture, response)
+    return 0
+
+
+def run(args, console: Console) -> int:
+    if args.quant:
+        console.error(message("quant_unsupported", args.chinese, bits=args.quant))
+        return console.startup_failure_status(2)
+    chat = load_chat(args, console)
+    if chat is None:
+        return console.startup_failure_status()
+    from cogvlm.utils.inference.generation import SamplingConfig
+
+    if args.version is not None and args.version != chat.version:
+        console.note(message("version_overridden", args.chinese, version=chat.version, requested=args.version))
+    sampling = SamplingConfig(max_length=args.max_length, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    draw = BoxDrawer(console, args.output_dir)
+    if args.image is not None:
+        console.note(message("version", args.chinese, version=chat.version))
+        return one_shot(chat, console, args, sampling, draw)
+    console.say(message("version", args.chinese, version=chat.version))
+    interactive(chat, console, sampling, args.stream_chat, draw)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     console = Console(args.chinese)
-    if args.quant:
-        console.error(message("quant_unsupported", args.chinese, bits=args.quant))
-        return 2
-
-    import torch
-
-    from cogvlm.utils.inference.chat import ChatModel
-    from cogvlm.utils.inference.generation import SamplingConfig
-
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        # Under torchrun every process holds one model-parallel shard, as in the published demo.
-        chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version, dtype, device,
-                                         model_parallel_size=console.world_size)
-    except ValueError as problem:              # checkpoint, tokenizer or configuration errors
-        console.error(problem)
-        return 1
-    console.say(message("version", args.chinese, version=chat.version))
-    sampling = SamplingConfig(max_length=args.max_length, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
-
-    draw = BoxDrawer(console, args.output_dir)
-    if args.image is not None:
-        from cogvlm.utils.preprocessing.image_processor import load_image
-
-        try:
-            picture = console.from_first_rank(lambda: load_image(args.image))
-            response = chat.answer(args.query, [], chat.preprocess(picture), sampling)
-        except console.recoverable as problem:
-            console.error(problem)
-            return 1
-        console.say(response)
-        draw(picture, response)
-        return 0
-    interactive(chat, console, sampling, args.stream_chat, draw)
-    return 0
+        return run(args, console)
+    except KeyboardInterrupt:      # Ctrl-C at a prompt, a second one during an answer, or while loading: quit
+        console.say()
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -146,6 +146,34 @@ def test_tokenizer_larger_than_model_vocabulary_is_rejected(chat):
     ChatModel(chat.model, larger, tokenizer, "chat")
 
 
+def test_tokenizer_is_checked_before_the_weights_are_read(tmp_path):
+    """The weights file is garbage: reading it fails. A tokenizer that does not fit the vocabulary of
+    model_config.json is reported instead, so it was checked first; with a fitting one the garbage is the error."""
+    import json
+
+    from cogvlm.utils.checkpoint_io.loading import CheckpointError
+
+    checkpoint = checkpoint_copy(tmp_path)
+    (weights,) = checkpoint.glob("*/mp_rank_00_model_states.pt")
+    weights.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        ChatModel.from_pretrained(checkpoint, str(TOKENIZER))
+
+    config = json.loads((checkpoint / "model_config.json").read_text())
+    config["vocab_size"] = 500                     # the tokenizer has 512 pieces
+    (checkpoint / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(TokenizerMismatchError, match="has 512 tokens but the model's vocabulary has 500"):
+        ChatModel.from_pretrained(checkpoint, str(TOKENIZER))
+
+
+def test_missing_tokenizer_is_reported_before_the_weights_are_read(tmp_path):
+    checkpoint = checkpoint_copy(tmp_path, tokenizer=None)
+    (weights,) = checkpoint.glob("*/mp_rank_00_model_states.pt")
+    weights.write_bytes(b"not a torch file")
+    with pytest.raises(TokenizerNotFoundError, match="no tokenizer found"):
+        ChatModel.from_pretrained(checkpoint, str(tmp_path / "missing" / "tokenizer.model"))
+
+
 def test_checkpoint_text_processor_version_overrides_argument(chat):
     assert chat.config.text_processor_version == "chat_old"
     assert chat.version == "chat_old"                    # 'chat' was asked for

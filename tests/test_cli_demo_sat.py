@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,8 +146,8 @@ def test_one_shot_with_embedded_default_checkpoint_reads_captchas():
     for example in examples[:2]:
         code, out, err = run_script(["--image", example, "--query", "What text is written in the image?"])
         assert code == 0, err
-        assert "Please enter" not in out and "User: " not in out         # no interactive loop
-        assert lines(out.rstrip("\n"))[-1] == example.stem
+        assert out == example.stem + "\n"           # the answer alone: library notices and status lines on stderr
+        assert "[Language processor version]: chat_old" in err
         assert errors(err) == [] and "Traceback" not in err
 
 
@@ -175,7 +178,8 @@ def test_two_processes_under_torchrun_answer_once_and_both_exit():
 
 def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_end_them():
     """A missing image (read by rank 0 only, broadcast) is an error line and the session goes on at mp=2; a bad
-    checkpoint ends both processes with a non-zero exit, within the timeout."""
+    checkpoint ends both processes within the timeout with the user's one line: no traceback, and no
+    ChildFailedError report from torchrun (which any non-zero exit of a rank would bring)."""
     name = "chat_old_count"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT)]
@@ -187,8 +191,130 @@ def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_en
     assert errors(result.stderr.decode()) == ["image file not found: /no/such/image.png"]
     failed = subprocess.run([*command, "--from_pretrained", "/no/such/checkpoint"], cwd=REPO_ROOT, env=env,
                             capture_output=True, timeout=150, stdin=subprocess.DEVNULL)
-    assert failed.returncode != 0
-    assert len(errors(failed.stderr.decode())) == 1
+    stderr = failed.stderr.decode()
+    (problem,) = errors(stderr)
+    assert "/no/such/checkpoint" in problem and "not found" in problem
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr and "FAILED" not in stderr
+    assert failed.returncode == 0         # see Console.startup_failure_status: torchrun reports any other code
+    assert "Welcome" not in failed.stdout.decode()
+
+
+# --- Ctrl-C and terminals: a live process, its output read as it comes ------------------------------------------
+
+WAIT = 240          # seconds to wait for an expected output marker: generous, a loaded machine only makes it slower
+LONG_ANSWER = "1000"     # max_length: the random fixture model never stops early, so an answer runs this long
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)     # so Python in the child turns SIGINT into KeyboardInterrupt
+
+
+class Output:
+    """Everything a stream yields, collected by a thread; wait_for() blocks until a marker is there (or the stream
+    has ended without it)."""
+
+    def __init__(self, read_chunk):
+        self.text, self.ended, self._changed = "", False, threading.Condition()
+        threading.Thread(target=self._collect, args=(read_chunk,), daemon=True).start()
+
+    def _collect(self, read_chunk):
+        while chunk := read_chunk():
+            with self._changed:
+                self.text += chunk.decode(errors="replace")
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, marker: str, count: int = 1) -> str:
+        with self._changed:
+            self._changed.wait_for(lambda: self.text.count(marker) >= count or self.ended, timeout=WAIT)
+            if self.text.count(marker) < count:
+                raise AssertionError(f"no {count} x {marker!r}; got: {self.text[-2000:]!r}")
+            return self.text
+
+
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}[os.uname().machine]
+
+
+def wait_until_reading_stdin(pid: int) -> None:
+    """Until the process is blocked in read(0, ...). A SIGINT sent between input()'s prompt and its read() would
+    only be seen with the next input line (CPython checks signals between bytecodes, and a signal that arrives
+    before the read() starts cannot interrupt it); a person at the prompt is never that fast, a test is."""
+    deadline = time.monotonic() + WAIT
+    while Path(f"/proc/{pid}/syscall").read_text().split()[:2] != [READ_SYSCALL, "0x0"]:
+        assert time.monotonic() < deadline, f"process {pid} never waited for input"
+        time.sleep(0.05)
+
+
+def _start(args, **streams):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONIOENCODING="utf-8", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO_ROOT, env=env,
+                            preexec_fn=_default_sigint, **streams)
+
+
+def test_ctrl_c_stops_the_answer_and_at_the_prompt_ends_the_session():
+    name = "chat_old_count"
+    query = case(name)["query"]
+    process = _start([*FIXTURE_ARGS, "--stream_chat", "--max_length", LONG_ANSWER],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = Output(lambda: process.stdout.read1(4096))
+        err = Output(lambda: process.stderr.read1(4096))
+        process.stdin.write(f"{IMAGE}\n{query}\n".encode())
+        process.stdin.flush()
+        out.wait_for("Model: ")                         # streamed: the answer has begun
+        process.send_signal(signal.SIGINT)
+        err.wait_for("(answer stopped")
+        out.wait_for("User: ", count=2)                 # the prompt again, same image
+        assert process.poll() is None
+
+        process.stdin.write(f"{query}\n".encode())      # and the session still answers, in full this time
+        process.stdin.flush()
+        text = out.wait_for("User: ", count=3)
+        stopped, full = (part.split("\nUser: ")[0] for part in text.split("Model: ")[1:3])
+        assert full.startswith(greedy_answer(name))     # the published greedy answer, continued to max_length
+        assert len(stopped) < len(full)                 # the first answer was cut short
+        assert full.startswith(stopped.strip())
+
+        wait_until_reading_stdin(process.pid)
+        process.send_signal(signal.SIGINT)              # Ctrl-C at the prompt ends the session
+        assert process.wait(timeout=WAIT) == 130
+    finally:
+        process.kill()
+        process.wait()
+    assert "Traceback" not in err.text and "KeyboardInterrupt" not in err.text
+    assert errors(err.text) == []
+
+
+def test_prompts_at_a_terminal_go_to_stdout():
+    """At a terminal, input() without readline writes its prompt to stderr; the CLI's prompts go to stdout, where
+    the answers are."""
+    import pty
+
+    terminal, child_end = pty.openpty()
+    process = _start(FIXTURE_ARGS, stdin=child_end, stdout=child_end, stderr=subprocess.PIPE)
+    os.close(child_end)
+
+    def read_terminal():
+        try:
+            return os.read(terminal, 4096)
+        except OSError:                 # EIO: the child closed the terminal
+            return b""
+    try:
+        screen = Output(read_terminal)
+        err = Output(lambda: process.stderr.read1(4096))
+        screen.wait_for("Welcome")                   # printed just before the first prompt
+        os.write(terminal, b"stop\n")
+        assert process.wait(timeout=WAIT) == 0
+        screen.wait_for("stop")                      # the terminal's echo of what was typed
+    finally:
+        process.kill()
+        process.wait()
+        os.close(terminal)
+    assert "Please enter the image path or URL: " in screen.text
+    assert "Please enter" not in err.text and "Traceback" not in err.text
 
 
 # --- in-process sessions --------------------------------------------------------------------------------------
@@ -203,11 +329,15 @@ def test_stream_chat_prints_published_greedy_answer(run):
     assert len(errors(err)) == 1 and "empty" in errors(err)[0]
 
 
-@pytest.mark.parametrize("name, checkpoint_version, extra_args", [
-    ("chat_describe", "chat", ["--version", "vqa"]),    # the checkpoint's text_processor_version overrides --version
-    ("vqa_color", None, ["--version", "vqa"]),          # no text_processor_version: --version is used
+@pytest.mark.parametrize("name, checkpoint_version, extra_args, note", [
+    # the checkpoint's text_processor_version overrides --version, and the CLI says so on stderr
+    ("chat_describe", "chat", ["--version", "vqa"], "Note: the checkpoint's text_processor_version 'chat' "
+                                                    "overrides --version vqa"),
+    ("chat_describe", "chat", [], None),                  # --version not given: nothing to say
+    ("chat_describe", "chat", ["--version", "chat"], None),      # given, and the same
+    ("vqa_color", None, ["--version", "vqa"], None),      # no text_processor_version: --version is used
 ])
-def test_prompt_template_version(run, tmp_path, name, checkpoint_version, extra_args):
+def test_prompt_template_version(run, tmp_path, name, checkpoint_version, extra_args, note):
     assert case(name)["version"] != "chat_old"
     checkpoint = checkpoint_copy(tmp_path, text_processor_version=checkpoint_version)
     code, out, err = run(["--from_pretrained", checkpoint, "--max_length", max_length(name), *extra_args],
@@ -215,6 +345,8 @@ def test_prompt_template_version(run, tmp_path, name, checkpoint_version, extra_
     assert code == 0, err
     assert f"[Language processor version]: {case(name)['version']}" in out
     assert answers(out) == [greedy_answer(name)]
+    notes = [line for line in lines(err) if line.startswith("Note: ")]
+    assert notes == ([note] if note else [])
 
 
 def test_history_is_used_and_clear_resets_it(run, chat, monkeypatch):
@@ -380,6 +512,34 @@ def test_chinese_interface(run, tmp_path):
     assert answers(out, "模型：") == [greedy_answer(name)]
     assert "Model: " not in out
     assert len(errors(err, "错误：")) == 1 and "Error: " not in err
+
+
+def test_chinese_errors_say_what_failed_and_keep_the_detail(run, tmp_path):
+    too_long = case("chat_old_count")["query"]            # 34 prompt tokens: too long for --max_length 30
+    code, out, err = run([*FIXTURE_ARGS, "--chinese", "--max_length", 30],
+                         f"{tmp_path / 'missing.png'}\n{IMAGE}\n\n{too_long}\nstop\n")
+    assert code == 0
+    missing, empty, long_prompt = errors(err, "错误：")
+    assert missing == f"无法读取图像：image file not found: {tmp_path / 'missing.png'}"
+    assert empty == "问题为空，请输入问题或指令"
+    assert long_prompt.startswith("输入过长：the prompt is ")
+    assert "Error: " not in err
+
+
+@pytest.mark.parametrize("setup, wording", [(_missing_folder, "无法加载检查点："), (_bad_json, "无法加载检查点："),
+                                            (_missing_tokenizer, "分词器不可用："), (_larger_tokenizer, "分词器不可用：")])
+def test_chinese_startup_errors(run, tmp_path, setup, wording):
+    argv, words = setup(tmp_path)
+    code, out, err = run(["--chinese", *argv])
+    assert code == 1
+    (problem,) = errors(err, "错误：")
+    assert problem.startswith(wording) and words in problem
+
+
+def test_chinese_usage_errors(cli, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--chinese", "--image", str(IMAGE)])
+    assert "--image 与 --query 须同时给出" in capsys.readouterr().err
 
 
 # --- CogAgent ---------------------------------------------------------------------------------------------------

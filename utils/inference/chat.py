@@ -25,9 +25,20 @@ class TokenizerMismatchError(ValueError):
     """The tokenizer's vocabulary does not fit the model's embedding."""
 
 
-def resolve_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaTokenizer:
+def resolve_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path,
+                      model_vocab_size: int | None = None) -> LlamaTokenizer:
     """The tokenizer to use, in this order: an existing --local_tokenizer path; a tokenizer.model shipped in
-    the checkpoint folder; a Hugging Face hub id (e.g. lmsys/vicuna-7b-v1.5) already in the local HF cache."""
+    the checkpoint folder; a Hugging Face hub id (e.g. lmsys/vicuna-7b-v1.5) already in the local HF cache.
+    With `model_vocab_size`, a tokenizer with more tokens than the model's vocabulary is a TokenizerMismatchError."""
+    tokenizer = _find_tokenizer(local_tokenizer, checkpoint_dir)
+    if model_vocab_size is not None and tokenizer.vocab_size > model_vocab_size:
+        raise TokenizerMismatchError(
+            f"the tokenizer ({tokenizer.path}) has {tokenizer.vocab_size} tokens but the model's vocabulary has "
+            f"{model_vocab_size}: it is not this checkpoint's tokenizer")
+    return tokenizer
+
+
+def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaTokenizer:
     if local_tokenizer and Path(local_tokenizer).expanduser().exists():
         return LlamaTokenizer.from_path(local_tokenizer)
     if (checkpoint_dir / TOKENIZER_FILENAME).is_file():
@@ -61,13 +72,18 @@ class ChatModel:
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
                         dtype: torch.dtype = torch.float32, device: str = "cpu",
                         model_parallel_size: int | None = None) -> "ChatModel":
-        """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published)."""
-        from cogvlm.utils.checkpoint_io.loading import load_model, resolve_checkpoint_dir
+        """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published).
+
+        The tokenizer is found and checked against the checkpoint's model_config.json before the weights are read:
+        a wrong one must not cost the minutes a 17B checkpoint takes to load."""
+        from cogvlm.utils.checkpoint_io.loading import (config_from_model_config, load_model, read_model_config,
+                                                        resolve_checkpoint_dir)
 
         checkpoint_dir = resolve_checkpoint_dir(name_or_path)
+        stored_config = config_from_model_config(read_model_config(checkpoint_dir))
+        tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, stored_config.language.vocab_size)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
                                    model_parallel_size=model_parallel_size)
-        tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir)
         return cls(model, config, tokenizer, config.text_processor_version or version)
 
     @property

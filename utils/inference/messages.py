@@ -1,23 +1,76 @@
-"""Every user-facing string of the command-line demos, in English and Chinese, in one table."""
+"""Every user-facing string of the command-line demos, in English and Chinese, in one table.
+
+Errors raised deeper (checkpoint, tokenizer, image, prompt) carry their detail in English (paths, sizes, flags);
+`describe` gives them a wording of the interface's language through the table entry of their exception class.
+"""
+from __future__ import annotations
 
 MESSAGES = {
     "welcome": {
         "en": 'Welcome to the CogVLM / CogAgent CLI. Enter an image URL or local file path to load an image, then '
-              'type queries to chat about it. Type "clear" to start over with a new image, or "stop" to end.',
-        "zh": "欢迎使用 CogVLM / CogAgent 命令行，输入图像URL或本地路径读图，继续输入内容对话，clear 重新开始，stop 终止程序",
+              'type queries to chat about it. Type "clear" to start over with a new image, or "stop" to end. '
+              'Ctrl-C stops an answer; at a prompt it ends the session.',
+        "zh": "欢迎使用 CogVLM / CogAgent 命令行，输入图像URL或本地路径读图，继续输入内容对话，clear 重新开始，stop 终止程序；"
+              "Ctrl-C 停止当前回答，在输入提示处按 Ctrl-C 退出",
     },
     "image_prompt": {"en": "Please enter the image path or URL: ", "zh": "请输入图像路径或URL： "},
     "user_prompt": {"en": "User: ", "zh": "用户："},
     "model_prefix": {"en": "Model: ", "zh": "模型："},
     "error_prefix": {"en": "Error: ", "zh": "错误："},
     "version": {"en": "[Language processor version]: {version}", "zh": "[语言处理器版本]：{version}"},
+    "version_overridden": {
+        "en": "Note: the checkpoint's text_processor_version '{version}' overrides --version {requested}",
+        "zh": "注意：检查点的 text_processor_version '{version}' 覆盖了 --version {requested}",
+    },
+    "answer_stopped": {
+        "en": "(answer stopped; press Ctrl-C at a prompt to quit)",
+        "zh": "（已停止回答；在输入提示处按 Ctrl-C 退出）",
+    },
     "boxes_drawn": {"en": "Boxes drawn: {path}", "zh": "已标注框：{path}"},
+    "boxes_not_saved": {"en": "cannot save the boxes under {folder}: {detail}",
+                        "zh": "无法在 {folder} 下保存标注框：{detail}"},
     "quant_unsupported": {
         "en": "--quant {bits} is not supported yet: quantization is not implemented in this version.",
         "zh": "暂不支持 --quant {bits}：此版本尚未实现量化。",
     },
+    "image_and_query": {"en": "--image and --query go together", "zh": "--image 与 --query 须同时给出"},
+    "fp16_and_bf16": {"en": "choose one of --fp16 and --bf16", "zh": "--fp16 与 --bf16 只能选一个"},
+    "max_length_too_small": {"en": "--max_length must be at least 2", "zh": "--max_length 至少为 2"},
+    # Errors raised deeper: English is their own text; Chinese says what failed and keeps the detail.
+    "checkpoint_error": {"en": "{detail}", "zh": "无法加载检查点：{detail}"},
+    "download_error": {"en": "{detail}", "zh": "下载模型失败：{detail}"},
+    "tokenizer_error": {"en": "{detail}", "zh": "分词器不可用：{detail}"},
+    "image_error": {"en": "{detail}", "zh": "无法读取图像：{detail}"},
+    "prompt_too_long": {"en": "{detail}", "zh": "输入过长：{detail}"},
+    "empty_query": {"en": "{detail}", "zh": "问题为空，请输入问题或指令"},
+    "input_error": {"en": "{detail}", "zh": "输入有误：{detail}"},
+    "model_error": {"en": "{detail}", "zh": "模型运行出错：{detail}"},
+}
+
+# Exception class name -> its MESSAGES entry. Names, not classes, so that this table imports nothing heavy; the
+# first class of an exception's MRO listed here is used (so ValueError is the fallback of every input error).
+ERROR_MESSAGES = {
+    "CheckpointError": "checkpoint_error",
+    "ConversionError": "checkpoint_error",
+    "DownloadError": "download_error",
+    "TokenizerNotFoundError": "tokenizer_error",
+    "TokenizerMismatchError": "tokenizer_error",
+    "ImageLoadError": "image_error",
+    "PromptTooLongError": "prompt_too_long",
+    "EmptyQueryError": "empty_query",
+    "ValueError": "input_error",
+    "RuntimeError": "model_error",
 }
 
 
 def message(key: str, chinese: bool = False, **values) -> str:
     return MESSAGES[key]["zh" if chinese else "en"].format(**values)
+
+
+def describe(problem: BaseException, chinese: bool = False) -> str:
+    """One line for an exception: its own text in English; in Chinese, its class's wording with that text."""
+    detail = " ".join(str(problem).split()) or type(problem).__name__
+    for cls in type(problem).__mro__:
+        if cls.__name__ in ERROR_MESSAGES:
+            return message(ERROR_MESSAGES[cls.__name__], chinese, detail=detail)
+    return detail
