@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 CONFIG_FILE = "model_config.json"
 TRACKER_FILE = "latest"
@@ -113,9 +114,26 @@ def config_from_model_config(model_config: dict):
         raise CheckpointError(f"{CONFIG_FILE}: {error}") from None
 
 
+class SkipRandomInitOnMeta(TorchFunctionMode):
+    """Skip random initialisers on meta tensors. They fill nothing there, but torch runs them through Python
+    reference code whose first call imports torch._dynamo: 0.7 s of every start-up, for weights loaded anyway."""
+
+    INITIALISERS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_,
+                              torch.nn.init.uniform_, torch.nn.init.trunc_normal_, torch.nn.init.kaiming_normal_,
+                              torch.nn.init.kaiming_uniform_, torch.nn.init.xavier_normal_,
+                              torch.nn.init.xavier_uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")
+        if func in self.INITIALISERS and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
 def build_model(config, dtype: torch.dtype = torch.float32, device: str | torch.device = "meta"):
     module, name, _, _ = MODEL_CLASSES[config.model_class]
-    with torch.device(device):
+    with torch.device(device), SkipRandomInitOnMeta():
         return _import(module, name)(config, params_dtype=dtype)
 
 
