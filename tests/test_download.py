@@ -334,10 +334,10 @@ def test_resolve_url_precedence(monkeypatch):
     _one_line_error(lambda: resolve_url("cogvlm-unknown"), "cogvlm-unknown", "COGVLM_MIRROR")
 
 
-def test_registry_lists_published_models():
-    assert set(MODEL_URLS) == {"cogvlm-chat-v1.1", "cogvlm-base-224", "cogvlm-base-490",
-                               "cogvlm-grounding-generalist-v1.1", "cogagent-chat", "cogagent-vqa"}
-    assert all(url == f"r2://{name}.zip" for name, url in MODEL_URLS.items())
+def test_every_downloadable_model_has_a_published_configuration_and_back():
+    from cogvlm.models.config import PUBLISHED_CONFIGS
+
+    assert set(MODEL_URLS) == set(PUBLISHED_CONFIGS)
 
 
 def test_r2_url_is_presigned_locally(monkeypatch):
