@@ -3,6 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: hypothesis's default 200 ms deadline per example and its too-slow
+# health check fail on a loaded machine (a slow example is rerun and reported as flaky).
+settings.register_profile("no-timing", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("no-timing")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COGVLM_TINY = FIXTURES / "cogvlm-tiny"
