@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_TIMEOUT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "benchmarks" / "bench_cli.py"
@@ -17,7 +18,7 @@ ROWS = ["cli --help", "cli --image without --query (error)", "import torch", "im
 @pytest.mark.slow
 def test_bench_cli_prints_a_timed_row_per_command():
     result = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=900)      # bounds a hang only
+                            text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[:2] == ["| command | wall time (s, median) |", "| --- | --- |"]
@@ -28,5 +29,5 @@ def test_bench_cli_prints_a_timed_row_per_command():
 
 def test_bench_cli_refuses_zero_repeats():
     result = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "0"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 2 and "--repeats must be at least 1" in result.stderr

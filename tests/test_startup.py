@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_TIMEOUT
 
 from cogvlm.utils.checkpoint_io.loading import SkipRandomInitOnMeta
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI = REPO_ROOT / "basic_demo" / "cli_demo_sat.py"
 HEAVY = {"torch", "sat", "deepspeed", "transformers", "PIL", "requests", "huggingface_hub", "spacy", "sentencepiece"}
-HANG_BOUND = 600    # seconds; only bounds a hang, never a speed expectation
 
 
 def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run python -X importtime with `args`; its result and every module it imported."""
     result = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=HANG_BOUND)
+                            text=True, timeout=HANG_TIMEOUT)
     modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
                if line.startswith("import time:") and line.count("|") == 2}
     return result, modules
@@ -60,7 +60,7 @@ def test_loading_a_checkpoint_does_not_import_torch_dynamo(checkpoint):
             f"load_model({str(checkpoint)!r})\n"
             "print('loaded; torch._dynamo imported:', 'torch._dynamo' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=HANG_BOUND)
+                            timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded; torch._dynamo imported: False" in result.stdout
 
