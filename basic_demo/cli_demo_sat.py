@@ -189,6 +189,12 @@ def main(argv=None) -> int:
     if args.quant:
         console.error(message("quant_unsupported", args.chinese, bits=args.quant))
         return 2
+    from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
+
+    missing = checkpoint_not_found(args.from_pretrained)       # before the seconds it takes to import torch and SAT
+    if missing is not None:
+        console.error(missing)
+        return 1
 
     import torch
 

@@ -1,5 +1,5 @@
-"""Start-up: the CLI's --help and its argument errors import no heavy library, and building a model to load a
-checkpoint does not import torch._dynamo (0.7 s). Imports are read from `python -X importtime` of a fresh process,
+"""Start-up: the CLI's --help and its argument errors import no heavy library, a missing checkpoint is reported
+before torch and SAT are imported, and building a model to load a checkpoint does not import torch._dynamo (0.7 s). Imports are read from `python -X importtime` of a fresh process,
 so the test sees exactly what a user's process imports."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from cogvlm.utils.checkpoint_io.loading import SkipRandomInitOnMeta
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI = REPO_ROOT / "basic_demo" / "cli_demo_sat.py"
 HEAVY = {"torch", "sat", "deepspeed", "transformers", "PIL", "requests", "huggingface_hub", "spacy", "sentencepiece"}
+MODEL_STACK = {"torch", "sat", "deepspeed", "transformers", "PIL", "huggingface_hub", "spacy", "sentencepiece"}
 
 
 def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -52,6 +53,19 @@ def test_argument_errors_import_nothing_heavy(argv):
     assert not heavy_roots(modules)
 
 
+def test_a_missing_checkpoint_is_reported_before_the_model_stack_is_imported(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAT_HOME", str(tmp_path / "sat_home"))
+    monkeypatch.delenv("COGVLM_MIRROR", raising=False)
+    missing = tmp_path / "no-such-checkpoint"
+    result, modules = imported_modules(str(CLI), "--from_pretrained", str(missing), "--image", "x.png", "--query", "hi")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
+        f"Error: checkpoint '{missing}' not found: it is neither a folder nor a model under $SAT_HOME "
+        f"({tmp_path / 'sat_home'}), and not a published name (cogvlm-chat-v1.1, cogvlm-base-224, cogvlm-base-490, "
+        f"cogvlm-grounding-generalist-v1.1, cogagent-chat, cogagent-vqa)"]
+    assert not {name.split(".")[0] for name in modules} & MODEL_STACK
+
+
 @pytest.mark.parametrize("checkpoint", [REPO_ROOT / "checkpoints" / "captcha-tiny",
                                         REPO_ROOT / "tests" / "fixtures" / "cogagent-tiny" / "checkpoint"])
 def test_loading_a_checkpoint_does_not_import_torch_dynamo(checkpoint):
@@ -77,10 +91,11 @@ def test_skip_random_init_on_meta_leaves_meta_shapes_and_real_tensors_initialise
     assert uniform.min().item() >= 2.0 and uniform.max().item() <= 3.0 and uniform.std().item() > 0.1
 
 
-def test_models_built_on_cpu_still_get_random_weights():
+def test_models_built_on_cpu_still_run_sat_initialisers():
+    # Most layers skip initialisation (skip_init=True: weights are loaded or set by init_weights); SAT's word
+    # embedding is drawn from N(0, 0.02) as it builds.
     from cogvlm.models.config import CAPTCHA_TINY_CONFIG
     from cogvlm.utils.checkpoint_io.loading import build_model
 
-    state_dict = build_model(CAPTCHA_TINY_CONFIG, device="cpu").state_dict()
-    for name in ("mixins.lm.lm_head.weight", "transformer.word_embeddings.weight"):
-        assert state_dict[name].std() > 0.001, name
+    embedding = build_model(CAPTCHA_TINY_CONFIG, device="cpu").state_dict()["transformer.word_embeddings.weight"]
+    assert 0.015 < embedding.std().item() < 0.025 and abs(embedding.mean().item()) < 0.005

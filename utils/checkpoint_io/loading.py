@@ -41,19 +41,16 @@ class CheckpointError(ValueError):
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint folder from a path, or from a name under $SAT_HOME, downloaded there first when it is a
     published name that is not there yet (no network access when it is)."""
-    from cogvlm.utils.checkpoint_io.download import MODEL_URLS, ensure_model, sat_home
+    from cogvlm.utils.checkpoint_io.download import checkpoint_not_found, ensure_model, sat_home
 
+    problem = checkpoint_not_found(name_or_path)
+    if problem is not None:
+        raise CheckpointError(problem)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     cached = sat_home() / str(name_or_path)
-    if cached.is_dir():
-        return cached
-    if str(name_or_path) in MODEL_URLS or os.environ.get("COGVLM_MIRROR"):
-        return ensure_model(str(name_or_path))
-    raise CheckpointError(
-        f"checkpoint '{name_or_path}' not found: it is neither a folder nor a model under $SAT_HOME ({sat_home()}), "
-        f"and not a published name ({', '.join(MODEL_URLS)})")
+    return cached if cached.is_dir() else ensure_model(str(name_or_path))
 
 
 def read_model_config(checkpoint_dir: Path) -> dict:
