@@ -280,6 +280,12 @@ def run(args, console: Console) -> int:
     if args.quant:
         console.error(message("quant_unsupported", args.chinese, bits=args.quant))
         return console.startup_failure_status(2)
+    from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
+
+    missing = checkpoint_not_found(args.from_pretrained)       # before the seconds it takes to import torch and SAT
+    if missing is not None:
+        console.error(message("checkpoint_error", args.chinese, detail=missing))
+        return console.startup_failure_status()
     chat = load_chat(args, console)
     if chat is None:
         return console.startup_failure_status()

@@ -23,14 +23,16 @@ class VisionRotaryEmbedding(nn.Module):
     def __init__(self, config: EVALargeConfig):
         super().__init__()
         half = config.head_width // 2
-        inv_freq = 1.0 / config.rope_base ** (torch.arange(0, half, 2)[: half // 2].float() / half)
-        steps = torch.arange(config.grid) / config.grid * config.rope_pretrain_grid          # (grid,)
-        angles = (steps[:, None] * inv_freq).repeat_interleave(2, dim=-1)                     # (grid, half)
-        rows = angles[:, None, :].expand(-1, config.grid, -1)
-        cols = angles[None, :, :].expand(config.grid, -1, -1)
-        table = torch.cat([rows, cols], dim=-1).reshape(config.num_patches, config.head_width)
-        self.register_buffer("freqs_cos", table.cos())
-        self.register_buffer("freqs_sin", table.sin())
+        # On the CPU even when the model is built on the meta device (see RotaryEmbedding in rotary.py).
+        with torch.device("cpu"):
+            inv_freq = 1.0 / config.rope_base ** (torch.arange(0, half, 2)[: half // 2].float() / half)
+            steps = torch.arange(config.grid) / config.grid * config.rope_pretrain_grid      # (grid,)
+            angles = (steps[:, None] * inv_freq).repeat_interleave(2, dim=-1)                 # (grid, half)
+            rows = angles[:, None, :].expand(-1, config.grid, -1)
+            cols = angles[None, :, :].expand(config.grid, -1, -1)
+            table = torch.cat([rows, cols], dim=-1).reshape(config.num_patches, config.head_width)
+        self.register_buffer("freqs_cos", table.cos().to(torch.get_default_device()))
+        self.register_buffer("freqs_sin", table.sin().to(torch.get_default_device()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, nh, N, hd): rotate each interleaved pair (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""

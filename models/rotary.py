@@ -11,8 +11,12 @@ from torch import nn
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float):
         super().__init__()
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
-        self.register_buffer("inv_freq", 1.0 / base ** exponents)             # (head_dim / 2,)
+        # Computed on the CPU even when the model is built on the meta device to be loaded: meta arithmetic runs
+        # torch's Python references, whose first use imports torch._dynamo (0.7 s of every start-up).
+        with torch.device("cpu"):
+            exponents = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+            inv_freq = 1.0 / base ** exponents                                  # (head_dim / 2,)
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device()))
 
     def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables for `position_ids` (B, T), each (B, 1, T, head_dim), computed once per forward."""

@@ -3,10 +3,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: hypothesis's default 200 ms deadline per example and its too-slow
+# health check fail on a loaded machine (a slow example is rerun and reported as flaky).
+settings.register_profile("no-timing", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("no-timing")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COGVLM_TINY = FIXTURES / "cogvlm-tiny"
 COGAGENT_TINY = FIXTURES / "cogagent-tiny"
+# Seconds a subprocess may take: it only turns a hang into a failure, and a loaded 2-core machine (where importing
+# torch and SAT alone can take a minute) must never reach it. No test expects a speed.
+HANG_TIMEOUT = 900
 
 
 def checkpoint_copy(tmp_path, name="ckpt", text_processor_version=..., tokenizer=COGVLM_TINY / "tokenizer.model"):
@@ -62,7 +71,7 @@ def cogagent_model():
     return model
 
 
-def run_under_torchrun(script, *args, processes=2, timeout=240):
+def run_under_torchrun(script, *args, processes=2, timeout=HANG_TIMEOUT):
     """Run a script in `processes` processes with torchrun; fail (with its stderr) on a non-zero exit or a hang."""
     import os
     import subprocess

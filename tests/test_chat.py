@@ -136,7 +136,6 @@ def test_tokenizer_larger_than_model_vocabulary_is_rejected(chat):
                                                                        vocab_size=tokenizer.vocab_size - 1))
     with pytest.raises(TokenizerMismatchError) as error:
         ChatModel(chat.model, smaller, tokenizer, "chat")
-    assert isinstance(error.value, ValueError)          # the CLI reports ValueErrors as one-line errors
     assert f"{tokenizer.vocab_size} tokens" in str(error.value)
     assert str(tokenizer.vocab_size - 1) in str(error.value)
 

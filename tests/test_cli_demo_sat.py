@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import sentencepiece
 import torch
-from conftest import checkpoint_copy
+from conftest import HANG_TIMEOUT, checkpoint_copy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "basic_demo" / "cli_demo_sat.py"
@@ -100,7 +100,7 @@ def run(cli, monkeypatch, capsys):
     return run
 
 
-def run_script(args, stdin=None, timeout=180):
+def run_script(args, stdin=None, timeout=HANG_TIMEOUT):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONIOENCODING="utf-8", HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO_ROOT, env=env,
@@ -127,6 +127,7 @@ def larger_tokenizer(path: Path, extra: int = 8) -> Path:
 # --- the script as users run it (subprocesses) ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interactive_session_prints_published_greedy_answer():
     name = "chat_old_count"
     code, out, err = run_script([*FIXTURE_ARGS, "--max_length", max_length(name)],
@@ -138,6 +139,7 @@ def test_interactive_session_prints_published_greedy_answer():
     assert errors(err) == [] and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_one_shot_with_embedded_default_checkpoint_reads_captchas():
     """No --from_pretrained: checkpoints/captcha-tiny, trained with this pipeline, reads its example captchas
     (held-out test images, named by their text) — a real answer."""
@@ -151,6 +153,7 @@ def test_one_shot_with_embedded_default_checkpoint_reads_captchas():
         assert errors(err) == [] and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_startup_error_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
     code, out, err = run_script(["--from_pretrained", tmp_path / "no-such-checkpoint"], stdin="")
     assert code == 1
@@ -160,6 +163,7 @@ def test_startup_error_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
     assert "Welcome" not in out
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_answer_once_and_both_exit():
     """Rank 0 reads the piped input and broadcasts it; both ranks compute; only rank 0 prints; `stop` ends both
     (the timeout turns a hang into a failure)."""
@@ -168,7 +172,7 @@ def test_two_processes_under_torchrun_answer_once_and_both_exit():
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT),
          *FIXTURE_ARGS, "--max_length", max_length(name)],
-        cwd=REPO_ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, timeout=150,
+        cwd=REPO_ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, timeout=HANG_TIMEOUT,
         input=f"{IMAGE}\n{case(name)['query']}\nstop\n".encode())
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -176,6 +180,7 @@ def test_two_processes_under_torchrun_answer_once_and_both_exit():
     assert out.count("Welcome") == 1
 
 
+@pytest.mark.slow
 def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_end_them():
     """A missing image (read by rank 0 only, broadcast) is an error line and the session goes on at mp=2; a bad
     checkpoint ends both processes within the timeout with the user's one line: no traceback, and no
@@ -184,13 +189,13 @@ def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_en
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT)]
     result = subprocess.run([*command, *FIXTURE_ARGS, "--max_length", max_length(name)], cwd=REPO_ROOT, env=env,
-                            capture_output=True, timeout=150,
+                            capture_output=True, timeout=HANG_TIMEOUT,
                             input=f"/no/such/image.png\n{IMAGE}\n{case(name)['query']}\n".encode())   # then EOF
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert answers(result.stdout.decode()) == [greedy_answer(name)]
     assert errors(result.stderr.decode()) == ["image file not found: /no/such/image.png"]
     failed = subprocess.run([*command, "--from_pretrained", "/no/such/checkpoint"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, timeout=150, stdin=subprocess.DEVNULL)
+                            capture_output=True, timeout=HANG_TIMEOUT, stdin=subprocess.DEVNULL)
     stderr = failed.stderr.decode()
     (problem,) = errors(stderr)
     assert "/no/such/checkpoint" in problem and "not found" in problem

@@ -131,7 +131,6 @@ def test_format():
 def test_invalid_box_is_a_value_error(values):
     with pytest.raises(InvalidBoxError, match="box"):
         Box(*values)
-    assert issubclass(InvalidBoxError, ValueError)
 
 
 # --- thousandths <-> pixels -----------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 IMAGE_PATH = FIXTURES / "cogvlm-tiny" / "image.png"
 IMAGE_SIZE_WH = (64, 48)
 CLOSED_PORT_URL = "http://127.0.0.1:9/x.png"  # discard port: nothing listens there
-SHORT_TIMEOUT = 2.0
+SHORT_TIMEOUT = 60.0  # only bounds a hang: the loopback server answers at once, but a loaded machine may not
 POLL_INTERVAL = 0.05  # how quickly the test server notices shutdown()
-SERVER_LIFETIME = 30.0  # seconds; the test server shuts itself down after this at the latest
+SERVER_LIFETIME = 900.0  # seconds; a leaked test server shuts itself down after this at the latest (module-scoped)
 
 
 def _reference(fixture: str, key: str) -> dict:

@@ -10,7 +10,7 @@ from sat.model.finetune.lora2 import LoraMixin
 from cogvlm.models.mlp_adapter import ImageInputs
 from cogvlm.utils.checkpoint_io.loading import load_model, read_state_dict, save_model, states_file
 from cogvlm.utils.checkpoint_io.merging import fold_lora, main
-from conftest import COGVLM_TINY, run_under_torchrun
+from conftest import COGVLM_TINY, HANG_TIMEOUT, run_under_torchrun
 
 SCRIPT = Path(__file__).resolve().parent.parent / "utils" / "merge_model.py"
 
@@ -21,18 +21,20 @@ def assert_same_checkpoint(a: Path, b: Path):
     assert all(torch.equal(left[k], right[k]) for k in right)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cogvlm-tiny", "cogagent-tiny"])
 def test_mp2_checkpoint_merges_back_to_the_original_key_for_key(mp2_runs, tmp_path, name):
     assert main(["--from_pretrained", str(mp2_runs[name]["checkpoint"]), "--save", str(tmp_path / "merged")]) == 0
     assert_same_checkpoint(tmp_path / "merged", Path(__file__).parent / "fixtures" / name / "checkpoint")
 
 
+@pytest.mark.slow
 def test_runs_as_a_plain_script_and_under_torchrun(mp2_runs, tmp_path):
     source = mp2_runs["cogvlm-tiny"]["checkpoint"]
     plain = subprocess.run([sys.executable, str(SCRIPT), "--from_pretrained", str(source), "--save",
-                            str(tmp_path / "plain")], capture_output=True, timeout=120)
+                            str(tmp_path / "plain")], capture_output=True, timeout=HANG_TIMEOUT)
     assert plain.returncode == 0, plain.stderr.decode()[-2000:]
-    run_under_torchrun(SCRIPT, "--from_pretrained", source, "--save", tmp_path / "torchrun", timeout=120)
+    run_under_torchrun(SCRIPT, "--from_pretrained", source, "--save", tmp_path / "torchrun")
     assert_same_checkpoint(tmp_path / "plain", tmp_path / "torchrun")
 
 

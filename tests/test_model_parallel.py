@@ -60,6 +60,7 @@ def test_lora_tensors_follow_their_linear():
     assert all(torch.equal(merged[k], full[k]) for k in full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURES)
 def test_two_processes_match_published_logits_and_tokens(mp2_runs, name):
     cases = torch.load(FIXTURES[name] / "cases.pt", weights_only=False)["cases"]
@@ -70,6 +71,7 @@ def test_two_processes_match_published_logits_and_tokens(mp2_runs, name):
         assert results["tokens"][case_name] == case["generation"]["new_token_ids"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURES)
 def test_checkpoint_saved_at_mp2_loads_at_mp1(mp2_runs, name):
     checkpoint = mp2_runs[name]["checkpoint"]
@@ -86,6 +88,7 @@ def test_checkpoint_saved_at_mp2_loads_at_mp1(mp2_runs, name):
     torch.testing.assert_close(logits, case["logits"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_missing_shard_is_named(mp2_runs, tmp_path):
     shutil.copytree(mp2_runs["cogvlm-tiny"]["checkpoint"], tmp_path / "ckpt")
     (tmp_path / "ckpt" / "1" / "mp_rank_01_model_states.pt").unlink()

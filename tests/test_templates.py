@@ -3,8 +3,6 @@ import pytest
 
 from cogvlm.utils.grounding.boxes import Box, parse_boxes
 from cogvlm.utils.grounding.templates import (
-    AGENT_TASK_TEMPLATE,
-    GROUNDING_SUFFIX,
     GROUNDING_TEMPLATES,
     TemplateError,
     agent_query,
@@ -14,19 +12,14 @@ from cogvlm.utils.grounding.templates import (
 )
 
 
-def test_published_grounding_templates():
-    assert GROUNDING_TEMPLATES == {
-        "caption_with_box": "Can you provide a description of the image and include the coordinates "
-                            "[[x0,y0,x1,y1]] for each mentioned object?",
-        "caption2box": "Where is <expr>? answer in [[x0,y0,x1,y1]] format.",
-        "box2caption": "Tell me what you see within the designated area <objs> in the picture.",
-    }
+def test_grounding_templates_are_read_only():
     with pytest.raises(TypeError):
         GROUNDING_TEMPLATES["caption2box"] = "changed"  # data, not configuration
 
 
 def test_grounding_queries():
-    assert caption_with_box_query() == GROUNDING_TEMPLATES["caption_with_box"]
+    assert caption_with_box_query() == ("Can you provide a description of the image and include the coordinates "
+                                        "[[x0,y0,x1,y1]] for each mentioned object?")
     assert caption2box_query(" children in blue T-shirts ") == (
         "Where is children in blue T-shirts? answer in [[x0,y0,x1,y1]] format."
     )
@@ -44,12 +37,10 @@ def test_format_placeholders_are_not_boxes():
 
 
 def test_agent_query_matches_the_readme():
-    assert AGENT_TASK_TEMPLATE == "What steps do I need to take to <TASK>?"
     assert agent_query("Search for CogVLM") == 'What steps do I need to take to "Search for CogVLM"?'
     assert agent_query("Search for CogVLM", with_grounding=True) == (
         'What steps do I need to take to "Search for CogVLM"?(with grounding)'
     )
-    assert GROUNDING_SUFFIX == "(with grounding)"
 
 
 def test_agent_query_other_published_template():
@@ -70,7 +61,6 @@ def test_agent_query_other_published_template():
 def test_template_errors(call):
     with pytest.raises(TemplateError):
         call()
-    assert issubclass(TemplateError, ValueError)
 
 
 def test_empty_task_message():

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from cogvlm.utils.preprocessing.text_processor import (
     IMAGE_SLOT,
-    PROMPT_TEMPLATES,
     TEXT_PROCESSOR_VERSIONS,
     EmptyQueryError,
     InvalidHistoryError,
@@ -35,11 +34,6 @@ def _load_cases():
 
 
 FIXTURE_CASES = _load_cases()
-
-
-def test_versions():
-    assert set(TEXT_PROCESSOR_VERSIONS) == {"base", "chat", "chat_old", "vqa"}
-    assert TEXT_PROCESSOR_VERSIONS == tuple(PROMPT_TEMPLATES)
 
 
 @pytest.mark.parametrize(("case", "image_length"), FIXTURE_CASES)

@@ -81,6 +81,17 @@ def sat_home() -> Path:
     return Path(os.environ.get(SAT_HOME_ENV) or DEFAULT_SAT_HOME).expanduser()
 
 
+def checkpoint_not_found(name_or_path: str | os.PathLike) -> str | None:
+    """None when `name_or_path` is a folder, a model under $SAT_HOME or a name that can be downloaded; else why not,
+    in one line. It needs no torch, so that a front end checks its argument before importing the model stack."""
+    name = str(name_or_path)
+    if (Path(name).expanduser().is_dir() or (sat_home() / name).is_dir() or name in MODEL_URLS
+            or os.environ.get(MIRROR_ENV)):
+        return None
+    return (f"checkpoint '{name}' not found: it is neither a folder nor a model under $SAT_HOME ({sat_home()}), "
+            f"and not a published name ({', '.join(MODEL_URLS)})")
+
+
 def resolve_url(name: str, url: str | None = None) -> str:
     """The http(s) URL to fetch `name` from: `url` if given, else `$COGVLM_MIRROR/<name>.zip`, else MODEL_URLS.
     An r2:// URL is presigned locally (boto3, no network) into an https URL on SAT's R2 endpoint."""
