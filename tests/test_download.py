@@ -4,6 +4,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import re
 import socket
 import subprocess

@@ -250,10 +250,11 @@ def test_the_embedded_model_reads_its_captchas_through_the_processor():
     from cogvlm import PACKAGE_ROOT
     from cogvlm.finetune_demo.evaluate import evaluate
     from cogvlm.utils.inference.chat import ChatModel
-    from cogvlm.utils.training.data import CAPTCHA_QUERY
+    from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples
 
     checkpoint = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
     chat = ChatModel.from_pretrained(checkpoint, str(checkpoint / "tokenizer.model"))
-    row, skipped, pairs = evaluate(chat, checkpoint / "examples", CAPTCHA_QUERY, max_new_tokens=8)
+    examples = checkpoint / "examples"
+    row, skipped, pairs = evaluate(chat, examples, captcha_samples(examples, CAPTCHA_QUERY), max_new_tokens=8)
     assert skipped == 0 and row.count == 3 and len(pairs) == 3 and row.exact == 1.0
     assert all(label == prediction for label, prediction in pairs)
