@@ -96,3 +96,14 @@ def mp2_runs(tmp_path_factory):
                            "--cases", fixture / "cases.pt", "--out", out / "results.pt", "--save", out / "mp2")
         runs[fixture.name] = {"results": torch.load(out / "results.pt", weights_only=False), "checkpoint": out / "mp2"}
     return runs
+
+
+def one_line_error(error_type, call, *fragments) -> str:
+    """The message of the `error_type` that `call()` raises: one line, holding every fragment."""
+    with pytest.raises(error_type) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message

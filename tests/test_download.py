@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from conftest import one_line_error
 import cogvlm.utils.checkpoint_io.download as download_module
 from cogvlm.utils.checkpoint_io.download import (MODEL_SHA256, MODEL_URLS, SAT_R2_ACCOUNT, DownloadError, download,
                                                  ensure_model, resolve_url, sat_home)
@@ -151,14 +152,7 @@ def _leftovers(home: Path) -> list:
     return sorted(p.name for p in home.iterdir() if p.name != f"{NAME}.lock") if home.exists() else []
 
 
-def _one_line_error(call, *fragments) -> str:
-    with pytest.raises(DownloadError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
-    return message
+_one_line_error = functools.partial(one_line_error, DownloadError)
 
 
 # ensure_model: install, layout checks, clean failures

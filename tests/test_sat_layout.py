@@ -1,6 +1,7 @@
 """utils/checkpoint_io/sat_layout.py: the SAT layout on disk, format detection, raw reads with clear errors for
 cut-short files, the tensor check; and SAT's own training save writing the published key names."""
 import argparse
+import functools
 import json
 import shutil
 
@@ -11,23 +12,19 @@ from cogvlm.utils.checkpoint_io import sat_layout
 from cogvlm.utils.checkpoint_io.loading import load_model
 from cogvlm.utils.checkpoint_io.sat_layout import CheckpointError
 from conftest import COGAGENT_TINY, COGVLM_TINY
+from conftest import one_line_error as any_one_line_error
 
 CHECKPOINT = COGVLM_TINY / "checkpoint"
 STATES = CHECKPOINT / "1" / "mp_rank_00_model_states.pt"
+
+
+one_line_error = functools.partial(any_one_line_error, CheckpointError)
 
 
 def published_keys(fixture):
     return [line.split("\t")[0] for line in (fixture / "keys.txt").read_text().splitlines() if line]
 
 
-def one_line_error(call, *fragments) -> str:
-    with pytest.raises(CheckpointError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def test_detect_format(tmp_path):

@@ -2,8 +2,8 @@
 
     python utils/convert_hf_checkpoint.py --help
 
-The published script's path, kept as a thin entry point (also the console script `cogvlm-convert-hf-checkpoint`); the work
-is done in `cogvlm.utils.checkpoint_io.hf_conversion`.
+The published script's path, kept as a thin entry point (also the console script `cogvlm-convert-hf-checkpoint`);
+the work is done in `cogvlm.utils.checkpoint_io.hf_conversion`.
 """
 import sys
 

@@ -2,8 +2,8 @@
 
     python utils/merge_model.py --help
 
-The published script's path, kept as a thin entry point (also the console script `cogvlm-merge-model`); the work
-is done in `cogvlm.utils.checkpoint_io.merging`.
+The published script's path, kept as a thin entry point (also the console script `cogvlm-merge-model`);
+the work is done in `cogvlm.utils.checkpoint_io.merging`.
 """
 import sys
 

@@ -2,8 +2,8 @@
 
     python utils/split_dataset.py --help
 
-The published script's path, kept as a thin entry point (also the console script `cogvlm-split-dataset`); the work
-is done in `cogvlm.utils.training.splits`.
+The published script's path, kept as a thin entry point (also the console script `cogvlm-split-dataset`);
+the work is done in `cogvlm.utils.training.splits`.
 """
 import sys
 
