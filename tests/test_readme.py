@@ -109,6 +109,14 @@ def test_merge_model(scratch, mp2_runs):
     assert merged["model_parallel_size"] == 1
 
 
+def test_the_python_example_runs_and_reads_the_captcha(scratch):
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+                  if "ModelInputs.batch" in block]
+    example += "\nassert batch.input_ids.shape[0] == 2 and logits.shape[:2] == inputs.input_ids.shape\n"
+    result = run(f"python - <<'EOF'\n{example}EOF", scratch)
+    assert result.stdout.strip().splitlines()[-1] == "0695"
+
+
 TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
                "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
                "utils/merge_model.py")
