@@ -25,9 +25,32 @@ class CrossAttentionCache:
         self.encoder_outputs: torch.Tensor | None = None
         self.key_values: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
 
+        # (B,) 1 for rows with a cross image, 0 for rows without (their cross-attention adds nothing, as a text-only
+        # prompt alone skips it); None when every row has one.
+        self.row_has_image: torch.Tensor | None = None
+
     def set_encoder_outputs(self, encoder_outputs: torch.Tensor) -> None:
         self.encoder_outputs = encoder_outputs
         self.key_values = [None] * self.num_layers
+        self.row_has_image = None
+
+    def place(self, row: int, num_rows: int, source: "CrossAttentionCache", source_row: int) -> None:
+        """Copy `source`'s row (a prefill's cross keys/values) into `row` of a `num_rows`-row batch (the slots of a
+        continuous batch). A source without an image leaves `row` out of cross-attention."""
+        if source.encoder_outputs is None and self.encoder_outputs is None:
+            return                                  # no row has an image: cross-attention stays skipped
+        if self.row_has_image is None:
+            self.row_has_image = torch.zeros(num_rows)
+        if source.encoder_outputs is None:
+            self.row_has_image[row] = 0.0
+            return
+        if self.encoder_outputs is None:            # the first row with an image: allocate every row
+            self.encoder_outputs = source.encoder_outputs.new_zeros(num_rows, *source.encoder_outputs.shape[1:])
+            self.key_values = [tuple(t.new_zeros(num_rows, *t.shape[1:]) for t in pair) for pair in source.key_values]
+        self.encoder_outputs[row] = source.encoder_outputs[source_row]
+        for (key, value), (source_key, source_value) in zip(self.key_values, source.key_values):
+            key[row], value[row] = source_key[source_row], source_value[source_row]
+        self.row_has_image[row] = 1.0
 
 
 class CrossVisionBranch(BaseMixin):
@@ -54,4 +77,7 @@ class CrossVisionBranch(BaseMixin):
                 cross_cache.key_values[layer] = key_value
         query = heads(attention.query(hidden_states))                                         # (B, nh, T, hd)
         context = F.scaled_dot_product_attention(query, *key_value)                           # every image token
-        return attention.dense(context.transpose(1, 2).flatten(2))                            # (B, T, hidden)
+        out = attention.dense(context.transpose(1, 2).flatten(2))                             # (B, T, hidden)
+        if cross_cache is not None and cross_cache.row_has_image is not None:
+            out = out * cross_cache.row_has_image.to(out)[:, None, None]                    # rows without an image
+        return out

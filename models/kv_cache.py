@@ -47,3 +47,39 @@ class KVCache:
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens
+
+    # --- slots: the rows of a continuous batch (utils/inference/engine.py) ----------------------------------------
+
+    def mark_all_padding(self) -> None:
+        """Treat every position as padding until rows are placed (a batch whose rows come and go)."""
+        self.real = torch.zeros(self.keys.shape[1], self.max_length, dtype=torch.bool, device=self.keys.device)
+
+    def shift(self, offset: int) -> None:
+        """Move the cached positions [0, length) by `offset` (> 0 right, < 0 left) in every row; `length` follows.
+
+        Rows of a continuous batch end at the shared `length` (the next decode step writes there); a longer newly
+        placed row needs room on the left (shift right), and retired rows leave room to reclaim (shift left). Rotary
+        positions live in the keys, so moving them changes nothing but where they are read from."""
+        if not -self.length <= offset <= self.max_length - self.length:
+            raise ValueError(f"cannot shift {self.length} cached positions by {offset} in {self.max_length}")
+        source, target = slice(max(0, -offset), self.length), slice(max(0, offset), self.length + offset)
+        for storage in (self.keys, self.values):
+            storage[:, :, :, target] = storage[:, :, :, source].clone()                # (layers, B, nh, n, hd)
+        if self.real is not None:
+            self.real[:, target] = self.real[:, source].clone()
+            self.real[:, :max(0, offset)] = False                                      # vacated on the left
+        self.length += offset
+
+    def place(self, row: int, source: "KVCache", source_row: int) -> None:
+        """Copy `source`'s row (its `length` positions, e.g. a prefill) into `row`, ending at this cache's `length`;
+        the positions before it become padding. The caller makes room first (`shift`)."""
+        count = source.length
+        start = self.length - count
+        if start < 0:
+            raise ValueError(f"a row of {count} positions does not end at position {self.length}")
+        self.keys[:, row, :, start:self.length] = source.keys[:, source_row, :, :count]
+        self.values[:, row, :, start:self.length] = source.values[:, source_row, :, :count]
+        if self.real is None:
+            self.mark_all_padding()
+        self.real[row, :start] = False
+        self.real[row, start:self.length] = True if source.real is None else source.real[source_row, :count]

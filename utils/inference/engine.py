@@ -1,0 +1,280 @@
+"""Many requests at once: continuous batching over a fixed number of KV-cache slots.
+
+    Request          one prompt (ModelInputs, B = 1), its sampling settings (seed, max_length) and stop ids
+    Event            what a step produced for a request: a token, or its end (stop, length, cancelled, error)
+    Scheduler        a bounded queue and `num_slots` rows of one KV cache. `step()` admits queued requests into
+                     free slots, runs one batched decode step over the busy slots, and retires finished rows
+    generate_batch   a list of requests -> an iterator of events, every row streaming and stopping on its own
+
+Admission prefills the admitted requests together (left-padded, apart from other rows) in a cache of their own,
+then copies each row into its slot so that it ends at the shared cache length, where the next decode step writes;
+the positions before a row are padding, masked out of its attention. Rotary positions are each row's own, so a
+row's logits are those of the request run alone (within 1e-5 in fp32; tests/test_engine.py).
+
+Not thread-safe: one caller drives `step()` (a server wraps it in one loop).
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable, Iterator, Literal
+
+import torch
+
+from cogvlm.models.inputs import ModelInputs
+from cogvlm.models.kv_cache import KVCache
+from cogvlm.utils.inference.generation import (SamplingConfig, check_prompt_fits, decode_one_token, prefill,
+                                               sample_next_token)
+from cogvlm.utils.parallel.model_parallel import broadcast_from_first_rank
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+PAD_ID = 0          # any id will do: padded positions are masked out of attention
+
+
+class QueueFullError(RuntimeError):
+    """The scheduler's queue holds as many requests as it may; submit again later."""
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: ModelInputs                         # (1, L): one request, from the processor
+    sampling: SamplingConfig = SamplingConfig()
+    stop_token_ids: tuple[int, ...] = ()
+    request_id: Hashable | None = None          # None: the scheduler numbers it
+
+
+@dataclass(frozen=True)
+class Event:
+    """A new token of a request (`token_id`), or its end (`finish_reason`, and `error` when it failed)."""
+    request_id: Hashable
+    token_id: int | None = None
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class _Row:
+    """A request in a slot."""
+    request_id: Hashable
+    request: Request
+    generator: torch.Generator | None
+    position: int                   # rotary position of the row's last token
+    length: int                     # cache positions the row spans, ending at the cache's length
+    generated: list[int] = field(default_factory=list)
+    pending: int = 0                # the token the next decode step feeds
+    cancelled: bool = False
+
+    @property
+    def budget(self) -> int:
+        return self.request.sampling.max_length - len(self.request.prompt)
+
+
+class Scheduler:
+    """Continuous batching: `submit` requests (at most `max_queue` waiting), call `step()` until not `busy`."""
+
+    def __init__(self, model, num_slots: int, max_length: int, max_queue: int = 64):
+        if num_slots < 1 or max_queue < 1:
+            raise ValueError(f"num_slots and max_queue must be at least 1, got {num_slots} and {max_queue}")
+        self.model, self.num_slots, self.max_length, self.max_queue = model, num_slots, max_length, max_queue
+        self.cache: KVCache = model.new_kv_cache(batch_size=num_slots, max_length=max_length)
+        self.cache.mark_all_padding()
+        self.slots: list[_Row | None] = [None] * num_slots
+        self.queue: deque[tuple[Hashable, Request]] = deque()
+        self._ended: list[Event] = []          # cancellations of queued requests, reported at the next step
+        self._numbers = itertools.count()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self._ended or any(self.slots))
+
+    def submit(self, request: Request) -> Hashable:
+        """Queue a request; -> its id. A full queue is a QueueFullError (nothing is queued)."""
+        if len(self.queue) >= self.max_queue:
+            raise QueueFullError(f"the queue already holds {self.max_queue} request(s); retry when some finish")
+        request_id = next(self._numbers) if request.request_id is None else request.request_id
+        self.queue.append((request_id, request))
+        return request_id
+
+    def cancel(self, request_id: Hashable) -> bool:
+        """Stop a queued or running request; its 'cancelled' event comes with the next step, which frees its slot.
+        -> False when no such request is waiting or running."""
+        for queued in self.queue:
+            if queued[0] == request_id:
+                self.queue.remove(queued)
+                self._ended.append(Event(request_id, finish_reason="cancelled"))
+                return True
+        for row in self.slots:
+            if row is not None and row.request_id == request_id:
+                row.cancelled = True
+                return True
+        return False
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """Retire cancelled rows, admit queued requests into free slots, decode one token for every busy slot."""
+        events, self._ended = self._ended, []
+        for slot, row in enumerate(self.slots):
+            if row is not None and row.cancelled:
+                self._retire(slot, "cancelled", events)
+        self._admit(events)
+        if any(self.slots):
+            self._decode(events)
+        return events
+
+    # --- admission -------------------------------------------------------------------------------------------------
+
+    def _admit(self, events: list[Event]) -> None:
+        free = [slot for slot, row in enumerate(self.slots) if row is None]
+        admitted: list[tuple[int, Hashable, Request]] = []
+        while free and self.queue:
+            request_id, request = self.queue.popleft()
+            problem = self._problem(request)
+            if problem:
+                events.append(Event(request_id, finish_reason="error", error=problem))
+                continue
+            admitted.append((free.pop(0), request_id, request))
+        # CogAgent's cross-attention takes a batch whose rows all have an image or none: prefill them apart.
+        for has_image in (True, False):
+            group = [item for item in admitted if (item[2].prompt.images is not None) == has_image]
+            if group:
+                self._prefill(group, events)
+
+    def _problem(self, request: Request) -> str | None:
+        """Why a request cannot run (one line), checked before it joins a batch; None when it can."""
+        prompt, sampling = request.prompt, request.sampling
+        if prompt.batch_size != 1:
+            return f"a request holds one prompt (B = 1); this one has {prompt.batch_size} rows"
+        if len(prompt) == 0:
+            return "the prompt is empty"
+        if sampling.max_length > self.max_length:
+            return (f"max_length {sampling.max_length} exceeds the {self.max_length} positions of the engine's "
+                    f"cache slots")
+        try:
+            check_prompt_fits(len(prompt), sampling.max_length, int(prompt.image_embed_mask.sum()))
+        except ValueError as problem:
+            return str(problem)
+        return None
+
+    def _prefill(self, group: list[tuple[int, Hashable, Request]], events: list[Event]) -> None:
+        """Prefill `group` together in a cache of its own, then copy its rows into their slots. When the group
+        fails, its rows are retried alone, so that only the bad request ends with an error."""
+        try:
+            batch = ModelInputs.batch([request.prompt for _, _, request in group], PAD_ID)
+            cache = self.model.new_kv_cache(batch_size=len(group), max_length=len(batch))
+            logits = prefill(self.model, batch, cache)                                      # (k, vocab)
+        except ValueError as problem:                   # InvalidInputsError and friends: the inputs, not the model
+            if len(group) > 1:
+                for item in group:
+                    self._prefill([item], events)
+                return
+            events.append(Event(group[0][1], finish_reason="error", error=str(problem)))
+            return
+        self._make_room(len(batch))
+        for i, (slot, request_id, request) in enumerate(group):
+            self.cache.place(slot, cache, i)
+            if self.cache.cross is not None:
+                self.cache.cross.place(slot, self.num_slots, cache.cross, i)
+            self.slots[slot] = _Row(request_id, request, _generator(request.sampling, self.model.device),
+                                    position=int(request.prompt.position_ids[0, -1]), length=len(request.prompt))
+        self._sample([slot for slot, _, _ in group], logits, events)
+
+    def _make_room(self, length: int) -> None:
+        """Let the cache's shared length reach `length` positions, so that a row that long ends there."""
+        if length > self.cache.length:
+            self.cache.shift(length - self.cache.length)
+
+    # --- decoding --------------------------------------------------------------------------------------------------
+
+    def _decode(self, events: list[Event]) -> None:
+        """One token for every slot (free ones compute a discarded row: the cache's shape stays fixed)."""
+        if self.cache.length == self.max_length:
+            self._reclaim()
+        busy = [slot for slot, row in enumerate(self.slots) if row is not None]
+        tokens = torch.zeros(self.num_slots, 1, dtype=torch.long)                          # (S, 1)
+        positions = torch.zeros(self.num_slots, 1, dtype=torch.long)                       # (S, 1)
+        for slot in busy:
+            row = self.slots[slot]
+            row.position += 1
+            row.length += 1
+            tokens[slot, 0], positions[slot, 0] = row.pending, row.position
+        device = self.model.device
+        logits = decode_one_token(self.model, tokens.to(device), positions.to(device), self.cache)   # (S, vocab)
+        self._sample(busy, logits[busy], events)
+
+    def _reclaim(self) -> None:
+        """Shift every row left by the padding that all of them have (retired rows leave it): a busy row spans at
+        most max_length - 1 positions before its next token, so this always frees at least one."""
+        start = min(self.cache.length - row.length for row in self.slots if row is not None)
+        self.cache.shift(-start)
+
+    def _sample(self, slots: list[int], logits: torch.Tensor, events: list[Event]) -> None:
+        """logits (len(slots), vocab): each row samples with its own settings and generator, then goes on or ends."""
+        rows = [self.slots[slot] for slot in slots]
+        tokens = torch.stack([
+            sample_next_token(logits[i:i + 1], torch.tensor([row.generated], dtype=torch.long,
+                                                            device=logits.device).view(1, -1),
+                              row.request.sampling, row.generator)[0]
+            for i, row in enumerate(rows)])                                                  # (k,)
+        tokens = broadcast_from_first_rank(tokens)      # model-parallel ranks must continue with the same tokens
+        for slot, row, token in zip(slots, rows, tokens.tolist()):
+            if token in row.request.stop_token_ids:
+                self._retire(slot, "stop", events)
+                continue
+            row.generated.append(token)
+            events.append(Event(row.request_id, token_id=token))
+            if len(row.generated) == row.budget:
+                self._retire(slot, "length", events)
+            else:
+                row.pending = token
+
+    def _retire(self, slot: int, reason: FinishReason, events: list[Event]) -> None:
+        events.append(Event(self.slots[slot].request_id, finish_reason=reason))
+        self.slots[slot] = None
+        if not any(self.slots):         # an empty cache starts over at position 0
+            self.cache.length = 0
+            self.cache.mark_all_padding()
+
+
+def _generator(sampling: SamplingConfig, device) -> torch.Generator | None:
+    """Each request's own random stream, seeded as generate() seeds it: a seeded row samples as it would alone."""
+    if sampling.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(sampling.seed)
+
+
+def generate_batch(model, requests: Iterable[Request], num_slots: int | None = None) -> Iterator[Event]:
+    """Generate `requests` together; yield their events as they happen. Request ids default to list indices.
+
+    With `num_slots` below the number of requests, the others wait in the queue and join as rows finish."""
+    requests = [request if request.request_id is not None else _with_id(request, i)
+                for i, request in enumerate(requests)]
+    if not requests:
+        return
+    scheduler = Scheduler(model, num_slots or len(requests),
+                          max_length=max(request.sampling.max_length for request in requests),
+                          max_queue=len(requests))
+    for request in requests:
+        scheduler.submit(request)
+    while scheduler.busy:
+        yield from scheduler.step()
+
+
+def _with_id(request: Request, request_id: Hashable) -> Request:
+    return Request(request.prompt, request.sampling, request.stop_token_ids, request_id)
+
+
+def collect(events: Iterable[Event]) -> dict[Hashable, tuple[list[int], Event]]:
+    """Each request's tokens and its final event, from an event stream."""
+    tokens: dict[Hashable, list[int]] = {}
+    ends: dict[Hashable, Event] = {}
+    for event in events:
+        if event.finished:
+            ends[event.request_id] = event
+        else:
+            tokens.setdefault(event.request_id, []).append(event.token_id)
+    return {request_id: (tokens.get(request_id, []), end) for request_id, end in ends.items()}
