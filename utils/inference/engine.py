@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Iterator, Literal
+from typing import Callable, Hashable, Iterable, Iterator, Literal
 
 import torch
 
@@ -77,7 +77,10 @@ class _Row:
 class Scheduler:
     """Continuous batching: `submit` requests (at most `max_queue` waiting), call `step()` until not `busy`."""
 
-    def __init__(self, model, num_slots: int, max_length: int, max_queue: int = 64):
+    def __init__(self, model, num_slots: int, max_length: int, max_queue: int = 64,
+                 on_logits: Callable[[Hashable, torch.Tensor], None] | None = None):
+        """`max_length`: cache positions per slot (the largest max_length a request may ask for). `on_logits`
+        sees each row's (vocab,) logits before its token is sampled (scoring, tests)."""
         if num_slots < 1 or max_queue < 1:
             raise ValueError(f"num_slots and max_queue must be at least 1, got {num_slots} and {max_queue}")
         self.model, self.num_slots, self.max_length, self.max_queue = model, num_slots, max_length, max_queue
@@ -87,6 +90,7 @@ class Scheduler:
         self.queue: deque[tuple[Hashable, Request]] = deque()
         self._ended: list[Event] = []          # cancellations of queued requests, reported at the next step
         self._numbers = itertools.count()
+        self.on_logits = on_logits
 
     @property
     def busy(self) -> bool:
@@ -215,6 +219,9 @@ class Scheduler:
     def _sample(self, slots: list[int], logits: torch.Tensor, events: list[Event]) -> None:
         """logits (len(slots), vocab): each row samples with its own settings and generator, then goes on or ends."""
         rows = [self.slots[slot] for slot in slots]
+        if self.on_logits is not None:
+            for row, row_logits in zip(rows, logits):
+                self.on_logits(row.request_id, row_logits)
         tokens = torch.stack([
             sample_next_token(logits[i:i + 1], torch.tensor([row.generated], dtype=torch.long,
                                                             device=logits.device).view(1, -1),
@@ -247,7 +254,8 @@ def _generator(sampling: SamplingConfig, device) -> torch.Generator | None:
     return torch.Generator(device=device).manual_seed(sampling.seed)
 
 
-def generate_batch(model, requests: Iterable[Request], num_slots: int | None = None) -> Iterator[Event]:
+def generate_batch(model, requests: Iterable[Request], num_slots: int | None = None,
+                   on_logits: Callable[[Hashable, torch.Tensor], None] | None = None) -> Iterator[Event]:
     """Generate `requests` together; yield their events as they happen. Request ids default to list indices.
 
     With `num_slots` below the number of requests, the others wait in the queue and join as rows finish."""
@@ -257,7 +265,7 @@ def generate_batch(model, requests: Iterable[Request], num_slots: int | None = N
         return
     scheduler = Scheduler(model, num_slots or len(requests),
                           max_length=max(request.sampling.max_length for request in requests),
-                          max_queue=len(requests))
+                          max_queue=len(requests), on_logits=on_logits)
     for request in requests:
         scheduler.submit(request)
     while scheduler.busy:
