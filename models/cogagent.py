@@ -66,7 +66,8 @@ class CogAgentModel(CogVLMModel):
             if len(images) != batch_size:       # cross keys/values are per row: a row without an image has none
                 raise InvalidInputsError(f"a CogAgent batch needs an image in every row or in none; {len(images)} "
                                          f"image(s) for {batch_size} rows")
-            cross.set_encoder_outputs(self.get_mixin("cross_vision").encode(self.cross_pixels(images)))
+            encoded = self.get_mixin("cross_vision").encode(self.cross_pixels(images))       # (B_img, N, width)
+            cross.set_encoder_outputs(images.per_slot(encoded))
         return dict(encoder_outputs=cross.encoder_outputs, cross_attention_mask=None, cross_cache=cross)
 
     @staticmethod
@@ -74,7 +75,7 @@ class CogAgentModel(CogVLMModel):
         if images.cross_pixel_values is None:
             raise MissingCrossImageError("CogAgent needs each image at its cross resolution too "
                                          "(ImageInputs.cross_pixel_values; the processor makes both)")
-        if len(images.cross_pixel_values) != len(images):
-            raise MissingCrossImageError(f"{len(images)} image(s) but {len(images.cross_pixel_values)} "
+        if len(images.cross_pixel_values) != len(images.pixel_values):
+            raise MissingCrossImageError(f"{len(images.pixel_values)} image(s) but {len(images.cross_pixel_values)} "
                                          f"cross-resolution image(s) were given")
         return images.cross_pixel_values

@@ -38,23 +38,40 @@ class MissingCrossImageError(InvalidInputsError):
 
 @dataclass
 class ImageInputs:
-    """Images for one forward, already preprocessed."""
+    """Images for one forward, already preprocessed: one per image slot of the prompts (`len`)."""
     pixel_values: torch.Tensor                          # (B_img, 3, S, S) for the EVA2-CLIP-E encoder
     cross_pixel_values: torch.Tensor | None = None      # (B_img, 3, S', S') for CogAgent's EVA2-CLIP-L
+    # (n_slots,) the image each slot shows, when slots share images (each is then encoded once); None: slot i
+    # shows image i
+    slot_images: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.pixel_values.shape[0]
+        return self.pixel_values.shape[0] if self.slot_images is None else self.slot_images.shape[0]
+
+    def per_slot(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (B_img, ...) -> (n_slots, ...)."""
+        return encoded if self.slot_images is None else encoded.index_select(0, self.slot_images)
 
     def to(self, device, dtype) -> "ImageInputs":
-        cross = self.cross_pixel_values
+        cross, slots = self.cross_pixel_values, self.slot_images
         return ImageInputs(self.pixel_values.to(device=device, dtype=dtype),
-                           None if cross is None else cross.to(device=device, dtype=dtype))
+                           None if cross is None else cross.to(device=device, dtype=dtype),
+                           None if slots is None else slots.to(device))
 
     @classmethod
     def concat(cls, images: Sequence["ImageInputs"]) -> "ImageInputs | None":
-        """The images of several requests as one batch of images (None when there are none)."""
+        """The images of several requests as one batch of images (None when there are none). Requests that pass
+        the same ImageInputs object (several queries on one image) share its pixels: it is encoded once."""
         if not images:
             return None
+        if any(image.slot_images is not None for image in images):
+            raise InvalidInputsError("ImageInputs.concat takes the images of single requests")
+        unique = list({id(image): image for image in images}.values())
+        if len(unique) < len(images):
+            index = {id(image): i for i, image in enumerate(unique)}
+            shared = cls.concat(unique)
+            return replace(shared, slot_images=torch.tensor([index[id(image)] for image in images]))
+        images = unique
         has_cross = {image.cross_pixel_values is not None for image in images}
         if len(has_cross) > 1:
             raise InvalidInputsError("some images have a high-resolution (cross) copy and some do not; a batch "
@@ -158,6 +175,8 @@ class ModelInputs:
         if self.images is None or not bool(self.image_embed_mask[index].any()):
             return None
         image_index = int(self.image_embed_mask[:index].any(dim=1).sum())
+        if self.images.slot_images is not None:
+            image_index = int(self.images.slot_images[image_index])
         cross = self.images.cross_pixel_values
         return ImageInputs(self.images.pixel_values[image_index:image_index + 1],
                            None if cross is None else cross[image_index:image_index + 1])

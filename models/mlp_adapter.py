@@ -60,6 +60,6 @@ class ImageEmbedding(BaseMixin):
         if images is None:
             return embeddings
         # The model's forward has checked that the slots hold exactly these images (check_inputs).
-        image_tokens = self.embed_images(images)                                        # (B_img, N + 2, hidden)
+        image_tokens = images.per_slot(self.embed_images(images))                      # (B_slots, N + 2, hidden)
         slots = image_embed_mask.bool()[..., None]                                      # (B, T, 1)
         return embeddings.masked_scatter(slots, image_tokens.to(embeddings.dtype))

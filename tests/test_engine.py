@@ -211,3 +211,27 @@ def test_a_bad_request_fails_alone_with_a_clear_error(name, request):
     assert "max_length 500 exceeds the 48 positions" in errors["beyond"]
     assert "image(s)" in errors["mismatched"]
     assert_published(cases, "chat_describe", results["good"][0], seen["good"])
+
+
+@pytest.mark.parametrize("name", ["cogvlm", "cogagent"])
+def test_several_queries_on_one_image_encode_it_once(name, request):
+    model, cases = fixture(request, name)
+    image = images_of(cases)                                      # one object, as ChatModel.prepare_image gives
+    names = ["chat_describe", "chat_history", "vqa_color"]
+    requests = [Request(case_inputs(cases["cases"][n], image), SamplingConfig(max_length=cases["cases"][n][
+        "generation"]["max_length"]), (EOS,), n) for n in names]
+    encoders = [model.get_mixin("image").encoder]
+    if name == "cogagent":
+        encoders.append(model.get_mixin("cross_vision").encoder)
+    encoded = []
+    hooks = [encoder.register_forward_hook(lambda module, args, output: encoded.append(len(args[0])))
+             for encoder in encoders]
+    try:
+        seen, on_logits = recorder()
+        results = collect(generate_batch(model, requests, on_logits=on_logits))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert encoded == [1] * len(encoders)                       # one image through each encoder, once
+    for n in names:
+        assert_published(cases, n, results[n][0], seen[n])

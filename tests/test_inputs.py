@@ -94,6 +94,18 @@ def test_batch_left_pads_keeps_a_padding_mask_and_gathers_the_images_of_rows_tha
     assert len(batch.images) == 2                       # rows 0 and 2
 
 
+def test_rows_given_one_image_object_share_its_pixels(cogvlm_processor):
+    image = cogvlm_processor.images(Image.open(COGVLM_TINY / "image.png"))
+    other = cogvlm_processor.images(Image.open(COGVLM_TINY / "image.png"))
+    rows = [cogvlm_processor(query, (), picture) for query, picture in
+            (("Describe it.", image), ("Hi", None), ("What colour?", image), ("Count.", other))]
+    batch = ModelInputs.batch(rows, PAD_ID)
+    assert len(batch.images) == 3 and len(batch.images.pixel_values) == 2         # slots 0 and 1 show image 0
+    assert batch.images.slot_images.tolist() == [0, 0, 1]
+    for i in (0, 2, 3):
+        torch.testing.assert_close(batch.row(i).images.pixel_values, rows[i].images.pixel_values, atol=0, rtol=0)
+
+
 def test_batch_of_equal_lengths_has_no_padding_mask(cogvlm_processor):
     row = cogvlm_processor("Hi", (), None)
     assert ModelInputs.batch([row, row], PAD_ID).attention_mask is None
