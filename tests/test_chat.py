@@ -10,7 +10,8 @@ import pytest
 import sentencepiece
 import torch
 
-from cogvlm.utils.inference.chat import REPLACEMENT_CHARACTER, ChatModel, TokenizerMismatchError, resolve_tokenizer
+from cogvlm.utils.inference.chat import (REPLACEMENT_CHARACTER, ChatModel, ChatRequest, TokenizerMismatchError,
+                                        resolve_tokenizer)
 from cogvlm.utils.inference.generation import SamplingConfig
 from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, TokenizerNotFoundError
 from conftest import checkpoint_copy
@@ -272,3 +273,38 @@ def test_answer_errors_are_value_errors(chat, image):
         chat.answer("   ", [], image, SamplingConfig(max_length=100))
     with pytest.raises(ValueError, match="max_length 30"):
         chat.answer("How many boxes are in the image?", [], image, SamplingConfig(max_length=30))
+
+
+# --- stream_batch / answer_batch ------------------------------------------------------------------------------
+
+
+def test_answer_batch_gives_each_published_greedy_answer(chat, image):
+    """Every case of one template, generated together, two slots at a time (the rest queued)."""
+    by_version = {}
+    for name in CASE_NAMES:
+        by_version.setdefault(_CASES["cases"][name]["version"], []).append(name)
+    for version, names in by_version.items():
+        model = ChatModel(chat.model, chat.config, chat.tokenizer, version)
+        requests = [ChatRequest(_CASES["cases"][n]["query"], [tuple(t) for t in _CASES["cases"][n]["history"]],
+                                image, SamplingConfig(max_length=_CASES["cases"][n]["generation"]["max_length"]))
+                    for n in names]
+        answers = model.answer_batch(requests, num_slots=2)
+        assert [a.text for a in answers] == [greedy_answer(n) for n in names], version
+        assert all(a.error is None and a.finish_reason in ("stop", "length") for a in answers)
+
+
+def test_stream_batch_streams_each_answer_and_a_bad_request_fails_alone(chat, image):
+    case = _CASES["cases"]["chat_old_count"]
+    good = ChatRequest(case["query"], (), image, SamplingConfig(max_length=case["generation"]["max_length"]))
+    requests = [good, ChatRequest("   ", (), image), ChatRequest(case["query"], (), image, SamplingConfig(max_length=30)),
+                good]
+    events = list(chat.stream_batch(requests))
+    pieces = {i: [e.text for e in events if e.index == i and e.finish_reason is None] for i in range(4)}
+    assert "".join(pieces[0]).strip() == "".join(pieces[3]).strip() == greedy_answer("chat_old_count")
+    assert len(pieces[0]) >= 2 and all(pieces[0])                 # streamed in pieces, not at the end
+    ends = {e.index: e for e in events if e.finish_reason is not None}
+    assert ends[1].finish_reason == ends[2].finish_reason == "error"
+    assert "empty" in ends[1].error and "max_length 30" in ends[2].error
+    assert all("\n" not in ends[i].error for i in (1, 2)) and pieces[1] == pieces[2] == []
+    answers = chat.answer_batch(requests)
+    assert answers[0].text == answers[3].text == greedy_answer("chat_old_count") and answers[1].text == ""

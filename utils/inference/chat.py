@@ -1,17 +1,20 @@
 """A loaded model with its tokenizer and processors, answering queries about an image.
 
 What the CLI (and any other front end) talks to: `ChatModel.from_pretrained(...)`, then `prepare_image(...)` once
-per image and `stream(...)` / `answer(...)` per query.
+per image and `stream(...)` / `answer(...)` per query, or `stream_batch(...)` / `answer_batch(...)` for many queries
+generated together (utils/inference/engine.py).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Hashable, Iterator, Sequence
 
 import torch
 
 from cogvlm.models.inputs import ImageInputs, ModelInputs
+from cogvlm.utils.inference.engine import FinishReason, Request, generate_batch
 from cogvlm.utils.inference.generation import SamplingConfig, generate
 from cogvlm.utils.preprocessing.image_processor import load_image
 from cogvlm.utils.preprocessing.processor import Processor
@@ -55,6 +58,56 @@ def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaT
     raise TokenizerNotFoundError(
         f"no tokenizer found: '{local_tokenizer}' is not a path, {checkpoint_dir} has no {TOKENIZER_FILENAME}, and "
         f"no cached Hugging Face copy exists; pass --local_tokenizer PATH to a LLaMA/Vicuna {TOKENIZER_FILENAME}")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One query of a batch: its image (ImageInputs from prepare_image; pass one object to several queries to encode
+    it once), history and sampling settings (max_length bounds prompt + answer)."""
+    query: str
+    history: Sequence[tuple[str, str]] = ()
+    image: ImageInputs | None = None
+    sampling: SamplingConfig = SamplingConfig()
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    """A piece of a batch answer's text, or its end (`finish_reason`; `error` when the request failed)."""
+    index: int                                  # the request's place in the batch
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    finish_reason: FinishReason
+    error: str | None = None
+
+
+class TextStream:
+    """Token ids -> text pieces: leading whitespace dropped, whole characters only."""
+
+    def __init__(self, tokenizer: LlamaTokenizer):
+        self.tokenizer, self.token_ids, self.shown, self.text = tokenizer, [], "", ""
+
+    def push(self, token_id: int) -> str:
+        """The new text after `token_id` ('' while a character is incomplete)."""
+        self.token_ids.append(token_id)
+        self.text = self.tokenizer.decode(self.token_ids).lstrip()
+        if self.text.endswith(REPLACEMENT_CHARACTER) or len(self.text) <= len(self.shown):
+            return ""
+        return self._show()
+
+    def flush(self) -> str:
+        """What is left at the end, '' if nothing (an answer ending inside an invalid byte sequence shows it as
+        decoded: U+FFFD)."""
+        return self._show() if len(self.text) > len(self.shown) else ""
+
+    def _show(self) -> str:
+        piece, self.shown = self.text[len(self.shown):], self.text
+        return piece
 
 
 class ChatModel:
@@ -105,19 +158,52 @@ class ChatModel:
     def stream(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs | None,
                sampling: SamplingConfig) -> Iterator[str]:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
-        token_ids: list[int] = []
-        shown = text = ""
+        text = TextStream(self.tokenizer)
         for token_id in generate(self.model, self.prompt(query, history, image), sampling,
                                  (self.tokenizer.eos_token_id,)):
-            token_ids.append(token_id)
-            text = self.tokenizer.decode(token_ids).lstrip()
-            if text.endswith(REPLACEMENT_CHARACTER) or len(text) <= len(shown):
-                continue
-            yield text[len(shown):]
-            shown = text
-        if len(text) > len(shown):      # ended inside/on an invalid byte sequence: show it as decoded (U+FFFD)
-            yield text[len(shown):]
+            piece = text.push(token_id)
+            if piece:
+                yield piece
+        rest = text.flush()
+        if rest:
+            yield rest
 
     def answer(self, query: str, history: Sequence[tuple[str, str]], image: ImageInputs | None,
                sampling: SamplingConfig) -> str:
         return "".join(self.stream(query, history, image, sampling)).strip()
+
+    def stream_batch(self, requests: Sequence[ChatRequest], num_slots: int | None = None) -> Iterator[AnswerEvent]:
+        """Generate many answers together, each streaming and ending on its own (at most `num_slots` at once, the
+        others queued). A bad request (an empty query, a prompt too long for its max_length) ends alone with its
+        one-line error; the others go on."""
+        streams = [TextStream(self.tokenizer) for _ in requests]
+        prompts, failed = [], []
+        for index, request in enumerate(requests):
+            try:
+                prompt = self.prompt(request.query, request.history, request.image)
+            except ValueError as problem:               # an empty query, a bad history: this request only
+                failed.append(AnswerEvent(index, finish_reason="error", error=str(problem)))
+                continue
+            prompts.append(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
+        yield from failed
+        for event in generate_batch(self.model, prompts, num_slots):
+            stream = streams[event.request_id]
+            if not event.finished:
+                piece = stream.push(event.token_id)
+                if piece:
+                    yield AnswerEvent(event.request_id, piece)
+                continue
+            rest = stream.flush()
+            if rest:
+                yield AnswerEvent(event.request_id, rest)
+            yield AnswerEvent(event.request_id, finish_reason=event.finish_reason, error=event.error)
+
+    def answer_batch(self, requests: Sequence[ChatRequest], num_slots: int | None = None) -> list[Answer]:
+        """The answers of `requests`, in their order (see stream_batch)."""
+        texts = [""] * len(requests)
+        answers: list[Answer | None] = [None] * len(requests)
+        for event in self.stream_batch(requests, num_slots):
+            texts[event.index] += event.text
+            if event.finish_reason is not None:
+                answers[event.index] = Answer(texts[event.index].strip(), event.finish_reason, event.error)
+        return answers
