@@ -296,8 +296,8 @@ def test_answer_batch_gives_each_published_greedy_answer(chat, image):
 def test_stream_batch_streams_each_answer_and_a_bad_request_fails_alone(chat, image):
     case = _CASES["cases"]["chat_old_count"]
     good = ChatRequest(case["query"], (), image, SamplingConfig(max_length=case["generation"]["max_length"]))
-    requests = [good, ChatRequest("   ", (), image), ChatRequest(case["query"], (), image, SamplingConfig(max_length=30)),
-                good]
+    too_long = ChatRequest(case["query"], (), image, SamplingConfig(max_length=30))
+    requests = [good, ChatRequest("   ", (), image), too_long, good]
     events = list(chat.stream_batch(requests))
     pieces = {i: [e.text for e in events if e.index == i and e.finish_reason is None] for i in range(4)}
     assert "".join(pieces[0]).strip() == "".join(pieces[3]).strip() == greedy_answer("chat_old_count")
