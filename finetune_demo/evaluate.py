@@ -2,8 +2,11 @@
 
     python finetune_demo/evaluate.py --from_pretrained CKPT --data archive_split/test [archive_split/valid ...]
         [--local_tokenizer PATH] [--query "What text is written in the image?"] [--max_new_tokens 16] [--bf16]
+        [--batch_size N]
 
-Greedy decoding (the published evaluation's setting). Unreadable images are skipped, counted and reported.
+Greedy decoding (the published evaluation's setting), N images at a time (continuous batching: a finished row's
+slot takes the next image at once); the answers do not depend on N. Unreadable images are skipped, counted and
+reported.
 Used by evaluate_cogvlm.sh and evaluate_cogagent.sh.
 """
 import argparse
@@ -13,18 +16,20 @@ from pathlib import Path
 from cogvlm import warn_if_other_checkout
 
 
-def evaluate(chat, folder, samples, max_new_tokens: int):
+def evaluate(chat, folder, samples, max_new_tokens: int, batch_size: int = 1):
     """(AccuracyRow, skipped image count, [(label, prediction)]) for the samples of one folder."""
-    from cogvlm.utils.training.data import AccuracyRow, exact_match, load_images_skipping_bad
+    from cogvlm.utils.inference.chat import ChatRequest
     from cogvlm.utils.inference.generation import SamplingConfig
+    from cogvlm.utils.training.data import AccuracyRow, exact_match, load_images_skipping_bad
 
     loaded, skipped = load_images_skipping_bad(samples)
-    predictions, labels = [], []
+    requests = []
     for sample, picture in loaded:
         prompt = chat.processor(sample.query, sample.history, picture)
         sampling = SamplingConfig(max_length=len(prompt) + max_new_tokens)      # greedy
-        predictions.append(chat.answer(sample.query, sample.history, prompt.images, sampling))
-        labels.append(sample.answer)
+        requests.append(ChatRequest(sample.query, sample.history, prompt.images, sampling))
+    predictions = [answer.text for answer in chat.answer_batch(requests, num_slots=batch_size)]
+    labels = [sample.answer for sample, _ in loaded]
     exact, case_insensitive = exact_match(predictions, labels) if labels else (0.0, 0.0)
     return AccuracyRow(Path(folder).name, len(labels), exact, case_insensitive), skipped, list(zip(labels, predictions))
 
@@ -37,9 +42,13 @@ def main(argv=None) -> int:
     parser.add_argument("--version", default="chat", help="prompt template unless the checkpoint names one")
     parser.add_argument("--query", default=None)
     parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=1, help="images generated together")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--show", type=int, default=5, help="print this many (label, prediction) pairs per split")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        print(f"Error: --batch_size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 1
 
     import torch
 
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
                                          "cuda" if torch.cuda.is_available() else "cpu")
         rows = []
         for folder in args.data:
-            row, skipped, pairs = evaluate(chat, folder, samples[folder], args.max_new_tokens)
+            row, skipped, pairs = evaluate(chat, folder, samples[folder], args.max_new_tokens, args.batch_size)
             rows.append(row)
             for label, prediction in pairs[:args.show]:
                 print(f"{row.split}: label {label!r} -> {prediction!r}")

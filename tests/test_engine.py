@@ -235,3 +235,35 @@ def test_several_queries_on_one_image_encode_it_once(name, request):
     assert encoded == [1] * len(encoders)                       # one image through each encoder, once
     for n in names:
         assert_published(cases, n, results[n][0], seen[n])
+
+
+# --- evaluation through the batched path ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def captcha_chat():
+    from cogvlm import PACKAGE_ROOT
+    from cogvlm.utils.inference.chat import ChatModel
+
+    checkpoint = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
+    return ChatModel.from_pretrained(checkpoint, str(checkpoint / "tokenizer.model"))
+
+
+def test_evaluate_in_batches_predicts_what_it_predicts_one_at_a_time(captcha_chat, tmp_path):
+    """Held-out captchas of the embedded model; 4 slots for 13 images: rows finish and are replaced."""
+    from cogvlm.finetune_demo.evaluate import evaluate
+    from cogvlm.finetune_demo.make_captcha_dataset import generate as make_captchas
+    from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples
+
+    make_captchas(tmp_path, count=13, seed=12345)
+    samples = captcha_samples(tmp_path, CAPTCHA_QUERY)
+    one, _, one_pairs = evaluate(captcha_chat, tmp_path, samples, max_new_tokens=8, batch_size=1)
+    four, _, four_pairs = evaluate(captcha_chat, tmp_path, samples, max_new_tokens=8, batch_size=4)
+    assert four_pairs == one_pairs and four == one and one.count == 13
+    assert one.exact > 0.5                      # the embedded model reads them: the predictions are not all empty
+
+
+def test_evaluate_refuses_a_batch_size_below_one(capsys):
+    from cogvlm.finetune_demo.evaluate import main
+
+    assert main(["--from_pretrained", "nowhere", "--data", "nowhere", "--batch_size", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "Error: --batch_size must be at least 1, got 0"
