@@ -13,6 +13,8 @@ from sat.model.finetune.lora2 import LoraMixin
 
 from cogvlm.models.config import CAPTCHA_TINY_CONFIG
 from cogvlm.utils.inference.chat import ChatModel
+from cogvlm.utils.inference.engine import Event
+from cogvlm.utils.inference.generation import SamplingConfig, generate
 from cogvlm.utils.checkpoint_io.loading import build_model
 from cogvlm.models.inputs import IGNORE_INDEX, ImageInputs, ModelInputs
 from cogvlm.utils.training import finetune
@@ -71,16 +73,30 @@ def test_greedy_answers_start_from_each_rows_prompt(chat, monkeypatch):
     """Each row of a right-padded batch is generated from its own prompt: no padding, no answer, its image."""
     seen = []
 
-    def fake_generate(model, prompt, sampling, stop_token_ids=()):
-        seen.append(prompt)
-        return iter([])
+    def fake_generate_batch(model, requests, num_slots=None, on_logits=None):
+        for i, request in enumerate(requests):
+            seen.append(request.prompt)
+            yield Event(i, finish_reason="stop")
 
-    monkeypatch.setattr("cogvlm.utils.inference.generation.generate", fake_generate)
+    monkeypatch.setattr("cogvlm.utils.inference.engine.generate_batch", fake_generate_batch)
     batch = collate([_example(6, label_from=4), _example(3, label_from=2)], pad_token_id=7)
     assert greedy_answers(None, batch, chat.tokenizer, max_new_tokens=4) == ["", ""]
     assert [p.input_ids.tolist() for p in seen] == [[[10, 11, 12, 13]], [[10, 11]]]
     assert [int(p.images.pixel_values[0, 0, 0, 0]) for p in seen] == [6, 3]
     assert all(p.labels is None and p.attention_mask is None for p in seen)
+
+
+def test_greedy_answers_of_a_batch_are_each_rows_answer_alone(chat):
+    from PIL import Image
+
+    picture = Image.open(COGVLM_TINY / "image.png")
+    examples = [chat.processor.training_example(query, "42", (), picture, max_length=200)
+                for query in ("What is it?", "Describe the picture in a few more words, please.")]
+    batch = collate(examples, pad_token_id=chat.tokenizer.pad_token_id)
+    alone = [chat.tokenizer.decode(list(generate(chat.model, example.prompt(), SamplingConfig(
+        max_length=example.prompt_length + 5), (chat.tokenizer.eos_token_id,)))).strip() for example in examples]
+    assert greedy_answers(chat.model, batch, chat.tokenizer, max_new_tokens=5) == alone
+    assert all(alone)
 
 
 def test_next_token_loss_ignores_unlabelled_positions():

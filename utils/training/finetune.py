@@ -171,16 +171,16 @@ def forward_step(data_iterator, model, args, timers):
 
 
 def greedy_answers(model, batch: ModelInputs, tokenizer, max_new_tokens: int) -> list[str]:
-    """Greedy answers for the prompts of a training batch (each row's positions before its first label)."""
-    from cogvlm.utils.inference.generation import SamplingConfig, generate
+    """Greedy answers for the prompts of a training batch (each row's positions before its first label), the rows
+    generated together (utils/inference/engine.py)."""
+    from cogvlm.utils.inference.engine import Request, collect, generate_batch
+    from cogvlm.utils.inference.generation import SamplingConfig
 
-    answers = []
-    for i in range(batch.batch_size):
-        prompt = batch.row(i).prompt()
-        tokens = generate(model, prompt, SamplingConfig(max_length=len(prompt) + max_new_tokens),
-                          (tokenizer.eos_token_id,))
-        answers.append(tokenizer.decode(list(tokens)).strip())
-    return answers
+    prompts = [batch.row(i).prompt() for i in range(batch.batch_size)]
+    requests = [Request(prompt, SamplingConfig(max_length=len(prompt) + max_new_tokens), (tokenizer.eos_token_id,))
+                for prompt in prompts]
+    results = collect(generate_batch(model, requests))
+    return [tokenizer.decode(results[i][0]).strip() for i in range(len(requests))]
 
 
 def evaluation_step(tokenizer, max_new_tokens: int):
