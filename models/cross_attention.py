@@ -37,16 +37,16 @@ class CrossAttentionCache:
     def place(self, row: int, num_rows: int, source: "CrossAttentionCache", source_row: int) -> None:
         """Copy `source`'s row (a prefill's cross keys/values) into `row` of a `num_rows`-row batch (the slots of a
         continuous batch). A source without an image leaves `row` out of cross-attention."""
-        if source.encoder_outputs is None and self.encoder_outputs is None:
-            return                                  # no row has an image: cross-attention stays skipped
-        if self.row_has_image is None:
-            self.row_has_image = torch.zeros(num_rows)
         if source.encoder_outputs is None:
-            self.row_has_image[row] = 0.0
-            return
-        if self.encoder_outputs is None:            # the first row with an image: allocate every row
-            self.encoder_outputs = source.encoder_outputs.new_zeros(num_rows, *source.encoder_outputs.shape[1:])
-            self.key_values = [tuple(t.new_zeros(num_rows, *t.shape[1:]) for t in pair) for pair in source.key_values]
+            if self.row_has_image is not None:
+                self.row_has_image[row] = 0.0
+            return                                  # while no row has an image, cross-attention is skipped
+        if self.encoder_outputs is None:            # the first row with an image: allocate every row, none with one
+            encoded = source.encoder_outputs
+            self.encoder_outputs = encoded.new_zeros(num_rows, *encoded.shape[1:])          # (B, N, width)
+            self.key_values = [tuple(t.new_zeros(num_rows, *t.shape[1:]) for t in pair)    # (B, nh, N, hd) x 2
+                               for pair in source.key_values]
+            self.row_has_image = encoded.new_zeros(num_rows)
         self.encoder_outputs[row] = source.encoder_outputs[source_row]
         for (key, value), (source_key, source_value) in zip(self.key_values, source.key_values):
             key[row], value[row] = source_key[source_row], source_value[source_row]
