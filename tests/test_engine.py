@@ -182,7 +182,9 @@ def test_a_full_queue_refuses_a_request(cogvlm_model, cogvlm_cases):
         scheduler.submit(case_request(cogvlm_cases, "chat_describe", 2))
     assert len(scheduler.queue) == 2
     scheduler.step()                                 # one admitted: room again
-    assert scheduler.submit(case_request(cogvlm_cases, "chat_describe", 2)) == 2
+    with pytest.raises(ValueError, match="request id 1 is already queued or running"):
+        scheduler.submit(case_request(cogvlm_cases, "chat_describe", 1))
+    assert scheduler.submit(case_request(cogvlm_cases, "chat_describe")) == 2         # numbered past ids in use
 
 
 # --- bad requests fail alone ---------------------------------------------------------------------------------------

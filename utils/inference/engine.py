@@ -100,7 +100,12 @@ class Scheduler:
         """Queue a request; -> its id. A full queue is a QueueFullError (nothing is queued)."""
         if len(self.queue) >= self.max_queue:
             raise QueueFullError(f"the queue already holds {self.max_queue} request(s); retry when some finish")
-        request_id = next(self._numbers) if request.request_id is None else request.request_id
+        in_use = {queued_id for queued_id, _ in self.queue} | {row.request_id for row in self.slots if row is not None}
+        request_id = request.request_id
+        if request_id is None:
+            request_id = next(number for number in self._numbers if number not in in_use)
+        elif request_id in in_use:
+            raise ValueError(f"request id {request_id!r} is already queued or running")
         self.queue.append((request_id, request))
         return request_id
 
