@@ -6,6 +6,7 @@
     generate(model, inputs, sampling, stop_token_ids)   yields token ids as they are chosen (streaming)
 
 The prompt is a `ModelInputs` (cogvlm.models.inputs), built by the processor (utils/preprocessing/processor.py).
+Many requests at once (batched rows, continuous batching) run on the same functions in utils/inference/engine.py.
 
 The image encoders run in `prefill` only: decode steps carry no image tokens, so nothing about the image is
 recomputed per token (the published code re-encodes CogAgent's cross image at every step).
