@@ -6,7 +6,9 @@ aggregate, against batch 1.
 
 Every row is the prompt of bench_generation.py (processor-built, random pixels) with its own image object, run to
 --new_tokens with no stop token. The first step admits the B rows (prefilled together) and decodes once; decode
-speed is that of every later step. Timings are the median of --repeats runs after a warm-up.
+speed is that of every later step. The row "generate" is the single-request path (generation.generate), for
+reference. Each repeat runs every row once, in turn, so that a change of machine load hits all rows alike; timings
+are the median of --repeats after a warm-up round.
 """
 import argparse
 import statistics
@@ -20,7 +22,7 @@ from bench_generation import EMBEDDED, make_prompt, peak_rss_gib, tokenizer_for
 from cogvlm.models.inputs import ImageInputs, ModelInputs
 from cogvlm.utils.checkpoint_io.loading import load_model
 from cogvlm.utils.inference.engine import Request, Scheduler
-from cogvlm.utils.inference.generation import SamplingConfig
+from cogvlm.utils.inference.generation import SamplingConfig, generate
 
 
 def run_once(model, prompt: ModelInputs, batch_size: int, new_tokens: int) -> tuple[float, float]:
@@ -41,6 +43,16 @@ def run_once(model, prompt: ModelInputs, batch_size: int, new_tokens: int) -> tu
     return prefilled - start, end - prefilled
 
 
+def run_alone(model, prompt: ModelInputs, new_tokens: int) -> tuple[float, float]:
+    """generate() timed as run_once times the engine: (prefill + 2 tokens, the other tokens) in seconds."""
+    stream = generate(model, prompt, SamplingConfig(max_length=len(prompt) + new_tokens))
+    start = time.perf_counter()
+    next(stream), next(stream)
+    prefilled = time.perf_counter()
+    assert 2 + sum(1 for _ in stream) == new_tokens
+    return prefilled - start, time.perf_counter() - prefilled
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(EMBEDDED))
@@ -59,17 +71,26 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"checkpoint {Path(args.checkpoint).name} ({params / 1e6:.1f} M parameters, fp32), {args.threads} "
           f"thread(s), prompt {len(prompt)} tokens, {args.new_tokens} new tokens per row, median of {args.repeats}")
-    print("| batch | first step: prefill + 1 decode (s) | decode tokens/s per row | decode tokens/s aggregate | aggregate vs batch 1 |")
+    print("| batch | first step: prefill + 1 decode (s) | decode tokens/s per row | decode tokens/s aggregate "
+          "| aggregate vs batch 1 |")
     print("| ---: | ---: | ---: | ---: | ---: |")
+    rows = {"generate": lambda: run_alone(model, prompt, args.new_tokens)}
+    rows |= {size: (lambda size=size: run_once(model, prompt, size, args.new_tokens)) for size in args.batch_sizes}
+    runs = {name: [] for name in rows}
+    for repeat in range(args.repeats + 1):
+        for name, run in rows.items():
+            timing = run()
+            if repeat:                                  # the first round is the warm-up
+                runs[name].append(timing)
     single = None
-    for batch_size in args.batch_sizes:
-        run_once(model, prompt, batch_size, args.new_tokens)                  # warm-up
-        runs = [run_once(model, prompt, batch_size, args.new_tokens) for _ in range(args.repeats)]
-        prefill = statistics.median(r[0] for r in runs)
-        aggregate = statistics.median(batch_size * (args.new_tokens - 2) / r[1] for r in runs)
-        single = single or (aggregate if batch_size == 1 else None)
+    for name, timings in runs.items():
+        batch_size = 1 if name == "generate" else name
+        first_step = statistics.median(t[0] for t in timings)
+        aggregate = statistics.median(batch_size * (args.new_tokens - 2) / t[1] for t in timings)
+        if name == 1:
+            single = aggregate
         ratio = f"{aggregate / single:.2f}x" if single else "-"
-        print(f"| {batch_size} | {prefill:.3f} | {aggregate / batch_size:.1f} | {aggregate:.1f} | {ratio} |")
+        print(f"| {name} | {first_step:.3f} | {aggregate / batch_size:.1f} | {aggregate:.1f} | {ratio} |")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
