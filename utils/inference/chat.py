@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
