@@ -154,7 +154,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         full = read_full_state_dict(checkpoint_dir, stored, model)
         state_dict = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
     check_state_dict(model, state_dict, path)
-    quantize_into(targets, state_dict, quant, dtype, device)
+    quantize_into(targets, state_dict, quant, dtype, device, path)
     state_dict = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                   for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)
@@ -181,18 +181,19 @@ def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.
 
 
 def quantize_into(targets: dict[str, tuple[str, torch.nn.Module]], state_dict: dict[str, torch.Tensor], quant,
-                  dtype: torch.dtype, device) -> None:
+                  dtype: torch.dtype, device, path: Path) -> None:
     """Take each target's weight out of `state_dict`, quantise it and install it in its linear, one at a time:
-    the full-precision copy of a weight lives only while it is quantised, and the pages it was read from (a
-    memory-mapped states file) are given back right after."""
+    the full-precision copy of a weight lives only while it is quantised, and the pages it was read from (the
+    memory-mapped states file `path`) are given back right after."""
     from cogvlm.utils.quantization import weight_only
-    from cogvlm.utils.quantization.memory import release_pages
+    from cogvlm.utils.quantization.memory import file_mappings, release_pages
 
+    mappings = file_mappings(path) if targets else []
     for key, (name, linear) in targets.items():
         tensor = state_dict.pop(key)
         weight = weight_only.quantize(tensor, quant, dtype, name)
         weight_only.install(linear, weight if torch.device(device).type == "cpu" else weight.to_device(device))
-        release_pages(tensor)
+        release_pages(tensor, mappings)
         del tensor
 
 

@@ -131,12 +131,42 @@ def kernel_scale(scale: torch.Tensor) -> torch.Tensor:
     return (scale.clamp(min=torch.finfo(KERNEL_DTYPE).tiny) * (1 + 2 ** -7)).to(KERNEL_DTYPE)
 
 
+# Rows quantised at a time, so that the fp32 temporaries of a large weight (lm_head) stay a few MiB: quantising
+# while loading must not hold several full-precision copies of the largest tensor. A multiple of 64: the CPU int4
+# packing works in blocks of 64 rows, so packed blocks concatenate to the packing of the whole.
+CHUNK_ELEMENTS = 2**22
+INT4_ROW_BLOCK = 64
+INT4_ROW_MULTIPLE = 16           # _convert_weight_to_int4pack_for_cpu: out features divisible by 16
+
+
+def _row_chunks(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    rows = max(INT4_ROW_BLOCK, CHUNK_ELEMENTS // weight.shape[1] // INT4_ROW_BLOCK * INT4_ROW_BLOCK)
+    return weight.detach().split(rows)
+
+
 def quantize_int8(weight: torch.Tensor, dtype: torch.dtype | None = None) -> QuantizedWeight:
     """Symmetric per-output-channel int8 of an (out, in) weight."""
-    w = weight.detach().float()
-    scale = kernel_scale(w.abs().amax(dim=1) / INT8_MAX)                                          # (out,)
-    q = torch.round(w / scale.float()[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)         # (out, in)
-    return QuantizedWeight(q, scale, 8, 0, weight.shape, dtype or weight.dtype)
+    integers, scales = [], []
+    for rows in _row_chunks(weight):
+        w = rows.float()                                                                          # (r, in)
+        scale = kernel_scale(w.abs().amax(dim=1) / INT8_MAX)                                      # (r,)
+        integers.append((w / scale.float()[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8))
+        scales.append(scale)
+    return QuantizedWeight(torch.cat(integers), torch.cat(scales), 8, 0, weight.shape, dtype or weight.dtype)
+
+
+def _int4_rows(rows: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed (r, in / 2) uint8, scales and zeros (in / group_size, r, 2)) of r rows."""
+    out_features, in_features = rows.shape
+    groups = rows.float().view(out_features, in_features // group_size, group_size)              # (r, G, g)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)                                          # (r, G)
+    scale = kernel_scale((high - low) / INT4_LEVELS)
+    zero = (low + INT4_OFFSET * scale.float()).to(KERNEL_DTYPE)   # so that (q - 8) * scale + zero = low + q * scale
+    # The integers are chosen against the scale and zero as stored (bf16), so their rounding is compensated.
+    q = (groups - zero.float()[..., None]).div_(scale.float()[..., None]).round_().add_(INT4_OFFSET)
+    q = q.clamp_(0, INT4_LEVELS).to(torch.int32).view(out_features, in_features)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
+    return packed, torch.stack([scale, zero], dim=-1).transpose(0, 1)                            # (G, r, 2)
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int = DEFAULT_INT4_GROUP_SIZE, dtype: torch.dtype | None = None,
@@ -146,16 +176,12 @@ def quantize_int4(weight: torch.Tensor, group_size: int = DEFAULT_INT4_GROUP_SIZ
     if in_features % group_size:
         raise QuantizationError(f"int4 group size {group_size} does not divide the {in_features} input features "
                                 f"of {name}")
-    groups = weight.detach().float().view(out_features, in_features // group_size, group_size)   # (out, G, g)
-    low, high = groups.amin(dim=-1), groups.amax(dim=-1)                                          # (out, G)
-    scale = kernel_scale((high - low) / INT4_LEVELS)
-    zero = (low + INT4_OFFSET * scale.float()).to(KERNEL_DTYPE)   # so that (q - 8) * scale + zero = low + q * scale
-    # The integers are chosen against the scale and zero as stored (bf16), so their rounding is compensated.
-    q = torch.round((groups - zero.float()[..., None]) / scale.float()[..., None]) + INT4_OFFSET
-    q = q.clamp(0, INT4_LEVELS).to(torch.int32).view(out_features, in_features)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
-    scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()          # (G, out, 2)
-    return QuantizedWeight(packed, scales_and_zeros, 4, group_size, weight.shape, dtype or weight.dtype)
+    if out_features % INT4_ROW_MULTIPLE:
+        raise QuantizationError(f"int4 needs output features divisible by {INT4_ROW_MULTIPLE}; {name} has "
+                                f"{out_features}")
+    packed, scales = zip(*(_int4_rows(rows, group_size) for rows in _row_chunks(weight)))
+    return QuantizedWeight(torch.cat(packed), torch.cat(scales, dim=1).contiguous(), 4, group_size, weight.shape,
+                           dtype or weight.dtype)
 
 
 def quantize(weight: torch.Tensor, config: QuantConfig, dtype: torch.dtype | None = None,
@@ -182,7 +208,8 @@ def install(linear: torch.nn.Module, weight: QuantizedWeight) -> None:
 
 
 def check_group_size(targets: dict[str, torch.nn.Module], config: QuantConfig) -> None:
-    """Before any weight is read: a group size that does not divide a layer's input features is an error."""
+    """Before any weight is read: a group size that does not divide a layer's input features is an error, and
+    so are output features the int4 packing cannot take."""
     if config.bits != 4:
         return
     bad = [f"{name} ({module.weight.shape[1]})" for name, module in targets.items()
@@ -190,6 +217,11 @@ def check_group_size(targets: dict[str, torch.nn.Module], config: QuantConfig) -
     if bad:
         raise QuantizationError(f"int4 group size {config.group_size} does not divide the input features of "
                                 f"{len(bad)} layers, e.g. {bad[0]}")
+    bad = [f"{name} ({module.weight.shape[0]})" for name, module in targets.items()
+           if module.weight.shape[0] % INT4_ROW_MULTIPLE]
+    if bad:
+        raise QuantizationError(f"int4 needs output features divisible by {INT4_ROW_MULTIPLE}, which {len(bad)} "
+                                f"layers do not have, e.g. {bad[0]}")
 
 
 def is_quantized(model) -> bool:
