@@ -119,8 +119,8 @@ def test_language_and_expert_linears_are_quantised_vision_towers_are_not(fixture
 
 def fixture_logits(model, fixture, name):
     cases = torch.load(fixture / "cases.pt", weights_only=False)
-    cross = cases["cross_image"]["pixel_values"] if "cross_image" in cases else None
-    images = ImageInputs(cases["image"]["pixel_values"], cross)
+    cross = cases["cross_image"]["pixel_values"].to(model.dtype) if "cross_image" in cases else None
+    images = ImageInputs(cases["image"]["pixel_values"].to(model.dtype), cross)
     with torch.no_grad():
         return model.forward_inputs(case_inputs(cases["cases"][name], images))[0], cases["cases"][name]["logits"]
 
@@ -197,3 +197,11 @@ def test_each_model_parallel_rank_quantises_its_own_shard(tmp_path):
         # bf16 partial sums are added across ranks: differences at bf16's resolution, far below int4's error
         assert relative_error(results["logits"][name], logits) < 0.02
         assert relative_error(results["logits"][name], published) > 0.05                # quantised, not fp32
+
+
+def test_quantised_model_computes_in_bf16_too():
+    model, _ = load_model(COGVLM_TINY / "checkpoint", dtype=torch.bfloat16, quant=8)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    logits, published = fixture_logits(model, COGVLM_TINY, "chat_describe")
+    assert logits.dtype == torch.bfloat16
+    assert relative_error(logits.float(), published) < 2 * INT8_LOGIT_RTOL      # bf16 rounding on top of int8

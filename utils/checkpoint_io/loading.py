@@ -175,7 +175,7 @@ def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.
         raise weight_only.QuantizationError("--quant 4 runs on CPU only in this version (its weights are packed "
                                             "for PyTorch's CPU int4 kernel); use --quant 8 on CUDA")
     linears = weight_only.quantization_targets(model, quant.include_vision)
-    weight_only.check_group_size(linears, quant)
+    weight_only.check_shapes(linears, quant)
     keys = to_published({f"{name}.weight": None for name in linears}, type(model).__name__)
     return {key: (name, linears[name]) for key, name in zip(keys, linears)}
 

@@ -207,7 +207,7 @@ def install(linear: torch.nn.Module, weight: QuantizedWeight) -> None:
     linear.weight = weight              # a plain attribute: what SAT's forward reads as self.weight
 
 
-def check_group_size(targets: dict[str, torch.nn.Module], config: QuantConfig) -> None:
+def check_shapes(targets: dict[str, torch.nn.Module], config: QuantConfig) -> None:
     """Before any weight is read: a group size that does not divide a layer's input features is an error, and
     so are output features the int4 packing cannot take."""
     if config.bits != 4:
