@@ -12,7 +12,7 @@ the session (exit status 130).
 Output: answers, prompts and the session's own lines on stdout; errors, notes and the libraries' start-up notices
 on stderr. The one-shot mode prints the answer alone on stdout.
 
-Exit status: 0; 1 after an error (2 for --quant); 130 after Ctrl-C. Under torchrun a start-up error ends every rank
+Exit status: 0; 1 after an error; 130 after Ctrl-C. Under torchrun a start-up error ends every rank
 with 0 after its one-line error, because torchrun follows any other status with a traceback of its own.
 """
 from __future__ import annotations
@@ -44,7 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
                         help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
                              f"overrides it")
-    parser.add_argument("--quant", choices=[8, 4], type=int, default=None, help="quantization bits")
+    parser.add_argument("--quant", choices=[8, 4], type=int, default=None,
+                        help="quantize the language model's weights to 8 or 4 bits while loading (weight-only)")
+    parser.add_argument("--quant_group_size", choices=[32, 64, 128, 256], type=int, default=32,
+                        help="--quant 4: input features sharing one scale (smaller: more accurate, larger weights)")
     parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
                         help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
     parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5",
@@ -249,15 +252,17 @@ def load_chat(args, console: Console):
         import torch
 
         from cogvlm.utils.inference.chat import ChatModel
+        from cogvlm.utils.quantization.weight_only import QuantConfig
 
         dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
         device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
+            quant = QuantConfig(args.quant, args.quant_group_size) if args.quant else None
             # Under torchrun every process holds one model-parallel shard, as in the published demo.
             return ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer,
                                              args.version or DEFAULT_VERSION, dtype, device,
-                                             model_parallel_size=console.world_size)
-        except ValueError as problem:              # checkpoint, tokenizer or configuration errors
+                                             model_parallel_size=console.world_size, quant=quant)
+        except ValueError as problem:              # checkpoint, tokenizer, configuration or quantisation errors
             console.error(problem)
             return None
 
@@ -277,9 +282,6 @@ def one_shot(chat, console: Console, args, sampling, draw: BoxDrawer) -> int:
 
 
 def run(args, console: Console) -> int:
-    if args.quant:
-        console.error(message("quant_unsupported", args.chinese, bits=args.quant))
-        return console.startup_failure_status(2)
     from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
 
     missing = checkpoint_not_found(args.from_pretrained)       # before the seconds it takes to import torch and SAT

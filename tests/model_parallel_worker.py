@@ -2,7 +2,7 @@
 and greedy-decode every fixture case, and (rank 0) save the results; optionally save the split checkpoint.
 
     torchrun --standalone --nproc-per-node=2 tests/model_parallel_worker.py --checkpoint C --cases cases.pt \
-        --out results.pt [--save DIR]
+        --out results.pt [--save DIR] [--quant 8|4]
 """
 import argparse
 import os
@@ -20,9 +20,10 @@ def main():
     parser.add_argument("--cases", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--save")
+    parser.add_argument("--quant", type=int, choices=[8, 4])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, config = load_model(args.checkpoint, model_parallel_size=int(os.environ["WORLD_SIZE"]))
+    model, config = load_model(args.checkpoint, model_parallel_size=int(os.environ["WORLD_SIZE"]), quant=args.quant)
     data = torch.load(args.cases, weights_only=False)
     cross = data.get("cross_image", {}).get("pixel_values")
     images = ImageInputs(data["image"]["pixel_values"], cross)

@@ -491,10 +491,14 @@ def test_startup_errors(run, tmp_path, setup):
     assert "Welcome" not in out and "Traceback" not in err
 
 
-def test_quant_is_not_supported(run):
-    code, out, err = run(["--quant", 4])
-    assert code == 2
-    assert errors(err) == ["--quant 4 is not supported yet: quantization is not implemented in this version."]
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_reads_the_embedded_captcha(run, bits):
+    """--quant 8/4 load the embedded captcha reader quantised, and it still reads its example captcha."""
+    example = REPO_ROOT / "checkpoints" / "captcha-tiny" / "examples" / "0695.png"
+    code, out, err = run(["--quant", bits, "--image", example, "--query", "What text is written in the image?"])
+    assert code == 0, err
+    assert out == "0695\n"
+    assert errors(err) == []
 
 
 @pytest.mark.parametrize("argv", [["--image", IMAGE], ["--query", "Hi"]])

@@ -21,6 +21,7 @@ ERROR_MODULES = [
     "cogvlm.utils.preprocessing.image_processor",
     "cogvlm.utils.inference.generation",
     "cogvlm.utils.inference.chat",
+    "cogvlm.utils.quantization.weight_only",
 ]
 
 

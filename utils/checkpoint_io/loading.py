@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -19,6 +20,9 @@ from cogvlm.utils.checkpoint_io.sat_layout import (CONFIG_FILE, STATE_DICT_KEY, 
                                                    CheckpointError, read_state_dict, states_file,
                                                    stored_model_parallel_size)
 from cogvlm.utils.checkpoint_io.state_dict_adapter import speak_published, to_published
+
+if TYPE_CHECKING:
+    from cogvlm.utils.quantization.weight_only import QuantConfig
 
 __all__ = ["CONFIG_FILE", "STATE_DICT_KEY", "STATES_FILE", "TRACKER_FILE", "CheckpointError", "MODEL_CLASSES",
            "build_model", "check_state_dict", "config_from_model_config", "load_model", "read_full_state_dict",
@@ -121,12 +125,16 @@ def read_full_state_dict(checkpoint_dir: Path, stored: int, model) -> dict[str, 
 
 
 def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               model_parallel_size: int | None = None):
+               model_parallel_size: int | None = None, quant: int | QuantConfig | None = None):
     """(model in eval mode, config) from a checkpoint folder or a name under $SAT_HOME.
 
     With `model_parallel_size` (e.g. the process count under torchrun), the model-parallel group is set up first
-    and this rank takes its shard; a checkpoint saved at another model-parallel size is merged and re-split."""
+    and this rank takes its shard; a checkpoint saved at another model-parallel size is merged and re-split.
+    With `quant` (8, 4 or a QuantConfig), the language model's linears are quantised weight-only as they are read
+    (utils/quantization/weight_only.py): the full-precision weights are never all held at once. Quantised models
+    are not saved: a checkpoint stays full precision, and is quantised at whatever model-parallel size loads it."""
     from cogvlm.utils.parallel import model_parallel
+    from cogvlm.utils.quantization.weight_only import QuantConfig
 
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
     model_config = read_model_config(checkpoint_dir)
@@ -137,6 +145,8 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         model_parallel.initialize(model_parallel_size)
     rank, size = model_parallel.rank_and_size()
     model = build_model(config, dtype)
+    quant = QuantConfig.of(quant)
+    targets = quantization_targets(model, quant, device)
     path = states_file(checkpoint_dir, rank if stored == size else 0)
     if stored == size:
         state_dict = read_published_shard(checkpoint_dir, rank, model)
@@ -144,6 +154,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         full = read_full_state_dict(checkpoint_dir, stored, model)
         state_dict = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
     check_state_dict(model, state_dict, path)
+    quantize_into(targets, state_dict, quant, dtype, device, path)
     state_dict = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                   for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)
@@ -153,12 +164,50 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
     return model.eval(), config
 
 
+def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.Module]]:
+    """Published weight key -> (module name, linear) of the weights `quant` quantises ({} without quant); a
+    setting that cannot apply is a QuantizationError before any weight is read."""
+    from cogvlm.utils.quantization import weight_only
+
+    if quant is None:
+        return {}
+    if quant.bits == 4 and torch.device(device).type != "cpu":
+        raise weight_only.QuantizationError("--quant 4 runs on CPU only in this version (its weights are packed "
+                                            "for PyTorch's CPU int4 kernel); use --quant 8 on CUDA")
+    linears = weight_only.quantization_targets(model, quant.include_vision)
+    weight_only.check_shapes(linears, quant)
+    keys = to_published({f"{name}.weight": None for name in linears}, type(model).__name__)
+    return {key: (name, linears[name]) for key, name in zip(keys, linears)}
+
+
+def quantize_into(targets: dict[str, tuple[str, torch.nn.Module]], state_dict: dict[str, torch.Tensor], quant,
+                  dtype: torch.dtype, device, path: Path) -> None:
+    """Take each target's weight out of `state_dict`, quantise it and install it in its linear, one at a time:
+    the full-precision copy of a weight lives only while it is quantised, and the pages it was read from (the
+    memory-mapped states file `path`) are given back right after."""
+    from cogvlm.utils.quantization import weight_only
+    from cogvlm.utils.quantization.memory import file_mappings, release_pages
+
+    mappings = file_mappings(path) if targets else []
+    for key, (name, linear) in targets.items():
+        tensor = state_dict.pop(key)
+        weight = weight_only.quantize(tensor, quant, dtype, name)
+        weight_only.install(linear, weight if torch.device(device).type == "cpu" else weight.to_device(device))
+        release_pages(tensor, mappings)
+        del tensor
+
+
 def save_model(model, checkpoint_dir: str | os.PathLike, iteration: int = 1, tokenizer: Path | None = None) -> Path:
     """Write `model` in the published layout: each model-parallel rank its own mp_rank_XX file, rank 0 the
     model_config.json (with the model-parallel size), the tracker and, when given, a copy of the tokenizer file.
     Under data parallelism only the first data-parallel group writes (the others hold the same weights)."""
     from cogvlm.utils.parallel.model_parallel import data_parallel_rank, rank_and_size
 
+    from cogvlm.utils.quantization.weight_only import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError("a model quantised while loading is not saved: save the full-precision model, and "
+                              "quantise it when it is loaded (--quant)")
     rank, size = rank_and_size()
     checkpoint_dir = Path(checkpoint_dir)
     writes = data_parallel_rank() == 0

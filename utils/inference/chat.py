@@ -124,11 +124,12 @@ class ChatModel:
     @classmethod
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
                         dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        model_parallel_size: int | None = None) -> "ChatModel":
+                        model_parallel_size: int | None = None, quant=None) -> "ChatModel":
         """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published).
 
         The tokenizer is found and checked against the checkpoint's model_config.json before the weights are read:
-        a wrong one must not cost the minutes a 17B checkpoint takes to load."""
+        a wrong one must not cost the minutes a 17B checkpoint takes to load. `quant` (8, 4 or a QuantConfig)
+        quantises the language model's linears while loading (see load_model)."""
         from cogvlm.utils.checkpoint_io.loading import (config_from_model_config, load_model, read_model_config,
                                                         resolve_checkpoint_dir)
 
@@ -136,7 +137,7 @@ class ChatModel:
         stored_config = config_from_model_config(read_model_config(checkpoint_dir))
         tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, stored_config.language.vocab_size)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
-                                   model_parallel_size=model_parallel_size)
+                                   model_parallel_size=model_parallel_size, quant=quant)
         return cls(model, config, tokenizer, config.text_processor_version or version)
 
     @property

@@ -29,10 +29,6 @@ MESSAGES = {
     "boxes_drawn": {"en": "Boxes drawn: {path}", "zh": "已标注框：{path}"},
     "boxes_not_saved": {"en": "cannot save the boxes under {folder}: {detail}",
                         "zh": "无法在 {folder} 下保存标注框：{detail}"},
-    "quant_unsupported": {
-        "en": "--quant {bits} is not supported yet: quantization is not implemented in this version.",
-        "zh": "暂不支持 --quant {bits}：此版本尚未实现量化。",
-    },
     "image_and_query": {"en": "--image and --query go together", "zh": "--image 与 --query 须同时给出"},
     "fp16_and_bf16": {"en": "choose one of --fp16 and --bf16", "zh": "--fp16 与 --bf16 只能选一个"},
     "max_length_too_small": {"en": "--max_length must be at least 2", "zh": "--max_length 至少为 2"},
@@ -45,6 +41,7 @@ MESSAGES = {
     "empty_query": {"en": "{detail}", "zh": "问题为空，请输入问题或指令"},
     "input_error": {"en": "{detail}", "zh": "输入有误：{detail}"},
     "model_error": {"en": "{detail}", "zh": "模型运行出错：{detail}"},
+    "quantization_error": {"en": "{detail}", "zh": "无法量化模型：{detail}"},
 }
 
 # Exception class name -> its MESSAGES entry. Names, not classes, so that this table imports nothing heavy; the
@@ -58,6 +55,7 @@ ERROR_MESSAGES = {
     "ImageLoadError": "image_error",
     "PromptTooLongError": "prompt_too_long",
     "EmptyQueryError": "empty_query",
+    "QuantizationError": "quantization_error",
     "ValueError": "input_error",
     "RuntimeError": "model_error",
 }

@@ -1,0 +1,1 @@
+"""Weight-only quantisation of a loaded model, kept outside the model code (see weight_only.py)."""
