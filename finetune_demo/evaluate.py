@@ -2,7 +2,7 @@
 
     python finetune_demo/evaluate.py --from_pretrained CKPT --data archive_split/test [archive_split/valid ...]
         [--local_tokenizer PATH] [--query "What text is written in the image?"] [--max_new_tokens 16] [--bf16]
-        [--batch_size N]
+        [--batch_size N] [--quant 8|4]
 
 Greedy decoding (the published evaluation's setting), N images at a time (continuous batching: a finished row's
 slot takes the next image at once); the answers do not depend on N. Unreadable images are skipped, counted and
@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=1, help="images generated together")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--quant", choices=[8, 4], type=int, default=None,
+                        help="quantize the language model's weights to 8 or 4 bits while loading (weight-only)")
+    parser.add_argument("--quant_group_size", choices=[32, 64, 128, 256], type=int, default=32,
+                        help="--quant 4: input features sharing one scale")
     parser.add_argument("--show", type=int, default=5, help="print this many (label, prediction) pairs per split")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -53,6 +57,7 @@ def main(argv=None) -> int:
     import torch
 
     from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.quantization.weight_only import QuantConfig
     from cogvlm.utils.training.data import CAPTCHA_QUERY, captcha_samples, format_accuracy_table
 
     try:        # the folders first: a wrong path is reported before the minutes a large checkpoint takes to load
@@ -61,9 +66,10 @@ def main(argv=None) -> int:
         print(f"Error: --data: {problem}", file=sys.stderr)
         return 1
     try:
+        quant = QuantConfig(args.quant, args.quant_group_size) if args.quant else None
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version,
                                          torch.bfloat16 if args.bf16 else torch.float32,
-                                         "cuda" if torch.cuda.is_available() else "cpu")
+                                         "cuda" if torch.cuda.is_available() else "cpu", quant=quant)
         rows = []
         for folder in args.data:
             row, skipped, pairs = evaluate(chat, folder, samples[folder], args.max_new_tokens, args.batch_size)

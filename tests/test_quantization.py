@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from cogvlm.models.inputs import ImageInputs
 from cogvlm.utils.checkpoint_io.loading import CheckpointError, load_model, save_model
 from cogvlm.utils.quantization.weight_only import (QuantConfig, QuantizationError, QuantizedWeight, quantize_int4,
                                                    quantize_int8)
-from conftest import COGAGENT_TINY, COGVLM_TINY, case_inputs
+from conftest import COGAGENT_TINY, COGVLM_TINY, HANG_TIMEOUT, case_inputs
 
 CAPTCHA = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
 QUERY = "What text is written in the image?"
@@ -205,3 +207,15 @@ def test_quantised_model_computes_in_bf16_too():
     logits, published = fixture_logits(model, COGVLM_TINY, "chat_describe")
     assert logits.dtype == torch.bfloat16
     assert relative_error(logits.float(), published) < 2 * INT8_LOGIT_RTOL      # bf16 rounding on top of int8
+
+
+@pytest.mark.slow
+def test_evaluate_script_quantised_reads_the_examples(tmp_path):
+    """`python finetune_demo/evaluate.py --quant 4` as a user types it: the int4 model scores the examples."""
+    script = CAPTCHA.parent.parent / "finetune_demo" / "evaluate.py"
+    result = subprocess.run([sys.executable, str(script), "--from_pretrained", str(CAPTCHA), "--data",
+                             str(CAPTCHA / "examples"), "--quant", "4", "--batch_size", "3"],
+                            capture_output=True, text=True, timeout=HANG_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| examples")]
+    assert "100.00" in row, result.stdout
