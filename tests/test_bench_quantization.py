@@ -20,3 +20,19 @@ def test_prints_one_row_per_mode_on_the_embedded_checkpoint():
     assert by_mode["fp32"][3:6] == ["1.00x", "0.0000", "yes"]                 # fp32 against itself
     for mode in ("int8", "int4"):
         assert float(by_mode[mode][4]) > 0                                      # its weights were quantised
+
+
+def test_captcha_accuracy_prints_every_mode(tmp_path):
+    """benchmarks/bench_captcha_accuracy.py as its docstring writes it, on 12 generated captchas."""
+    data = tmp_path / "capt"
+    made = subprocess.run([sys.executable, "finetune_demo/make_captcha_dataset.py", "--out", str(data), "--count",
+                           "12", "--seed", "12345"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=HANG_TIMEOUT)
+    assert made.returncode == 0, made.stderr[-2000:]
+    result = subprocess.run([sys.executable, "benchmarks/bench_captcha_accuracy.py", "--data", str(data)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")}
+    assert {"fp32", "bf16", "int8", "int4"} <= set(rows)
+    assert float(rows["fp32"][1]) >= 90.0 and float(rows["int4"][1]) >= 90.0     # the trained reader, quantised
