@@ -36,12 +36,26 @@ def test_load_by_name_under_sat_home(tmp_path, monkeypatch):
     assert config.language.hidden_size == 64
 
 
-def test_loaded_weights_are_the_checkpoint_values_in_the_requested_dtype():
-    model, _ = load_model(CHECKPOINT, dtype=torch.bfloat16)
-    original = read_state_dict(states_file(CHECKPOINT))
-    assert model.transformer.word_embeddings.weight.dtype == torch.bfloat16
-    assert torch.equal(model.transformer.word_embeddings.weight,
-                       original["transformer.word_embeddings.weight"].to(torch.bfloat16))
+@pytest.mark.parametrize("fixture", [COGVLM_TINY, COGAGENT_TINY])
+def test_loaded_weights_are_the_checkpoint_values_in_the_requested_dtype(fixture, monkeypatch):
+    """Every tensor, cast one at a time, with the pages of the memory-mapped file it came from given back."""
+    import cogvlm.utils.quantization.memory as memory
+
+    released, real_release = [], memory.release_pages
+
+    def counting_release(tensor, mappings):
+        released.append(real_release(tensor, mappings))
+        return released[-1]
+
+    monkeypatch.setattr(memory, "release_pages", counting_release)
+    model, _ = load_model(fixture / "checkpoint", dtype=torch.bfloat16)
+    original = read_state_dict(states_file(fixture / "checkpoint"))
+    loaded = model.state_dict()
+    assert list(loaded) == list(original)
+    for key, tensor in original.items():
+        expected = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+        assert loaded[key].dtype == expected.dtype and torch.equal(loaded[key], expected), key
+    assert any(released)        # file pages were given back, and the values read afterwards are still the file's
 
 
 def test_unknown_name_or_path(tmp_path, monkeypatch):

@@ -155,8 +155,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         state_dict = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
     check_state_dict(model, state_dict, path)
     quantize_into(targets, state_dict, quant, dtype, device, path)
-    state_dict = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-                  for k, v in state_dict.items()}
+    cast_into_place(state_dict, dtype, device, path)
     model.load_state_dict(state_dict, assign=True)
     unloaded = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if unloaded:
@@ -195,6 +194,22 @@ def quantize_into(targets: dict[str, tuple[str, torch.nn.Module]], state_dict: d
         weight_only.install(linear, weight if torch.device(device).type == "cpu" else weight.to_device(device))
         release_pages(tensor, mappings)
         del tensor
+
+
+def cast_into_place(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device, path: Path) -> None:
+    """Give each floating tensor the model's dtype and device, one tensor at a time, releasing the pages of the
+    memory-mapped states file `path` it was read from: a bf16 load then peaks at about the bf16 model, not the
+    fp32 file plus the bf16 copies. Tensors that need no cast keep their memory-mapped storage."""
+    from cogvlm.utils.quantization.memory import file_mappings, release_pages
+
+    mappings = None
+    for key, tensor in state_dict.items():
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        if tensor.dtype == target and tensor.device == torch.device(device):
+            continue
+        mappings = file_mappings(path) if mappings is None else mappings
+        state_dict[key] = tensor.to(device=device, dtype=target)
+        release_pages(tensor, mappings)
 
 
 def save_model(model, checkpoint_dir: str | os.PathLike, iteration: int = 1, tokenizer: Path | None = None) -> Path:
