@@ -1,4 +1,4 @@
-"""utils/chat.py: tokenizer resolution, the tokenizer/model vocabulary check, the checkpoint's prompt-template
+"""utils/inference/chat.py: tokenizer resolution, the tokenizer/model vocabulary check, the checkpoint's prompt-template
 override, and ChatModel.stream/answer against the published implementation's greedy answers (cases.pt)."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""utils/convert_hf_checkpoint.py: SAT <-> Hugging Face, both fixtures, bit-exact both ways."""
+"""utils/checkpoint_io/hf_conversion.py and its entry point utils/convert_hf_checkpoint.py: SAT <-> Hugging Face,
+both fixtures, bit-exact both ways."""
 import json
 import shutil
 

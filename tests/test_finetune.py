@@ -1,4 +1,4 @@
-"""utils/finetune.py: training examples, batching, what trains, skipping bad images, and one end-to-end run of
+"""utils/training/finetune.py: training examples, batching, what trains, skipping bad images, and one end-to-end run of
 the SAT + DeepSpeed pipeline on the CPU (loss falls, a checkpoint is written and reloads)."""
 import json
 import re

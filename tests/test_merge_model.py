@@ -1,4 +1,5 @@
-"""utils/merge_model.py: any model-parallel size, with or without LoRA, back to one published mp=1 checkpoint."""
+"""utils/checkpoint_io/merging.py and its entry point utils/merge_model.py: any model-parallel size, with or
+without LoRA, back to one published mp=1 checkpoint."""
 import subprocess
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Tests for utils/finetune_data.py: captcha and CogVLM-SFT-311K samples, bad data skipped and counted, accuracy."""
+"""Tests for utils/training/data.py: captcha and CogVLM-SFT-311K samples, bad data skipped and counted, accuracy."""
 import json
 from pathlib import Path
 

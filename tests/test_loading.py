@@ -1,3 +1,4 @@
+"""utils/checkpoint_io/loading.py: loading models strictly in any dtype, and saving the published layout."""
 import shutil
 
 import pytest
