@@ -1,4 +1,5 @@
-"""fp32 against --quant 8 and --quant 4 on one checkpoint: peak RSS and time of loading, logit error, decode speed.
+"""fp32 against bf16, --quant 8 and --quant 4 on one checkpoint: peak RSS and time of loading, logit error,
+decode speed.
 
     python benchmarks/bench_quantization.py --checkpoint checkpoints/captcha-tiny      # the embedded tiny model
     python benchmarks/bench_quantization.py --checkpoint MID_COGVLM_DIR --prompt_tokens 325 --new_tokens 64
@@ -24,7 +25,9 @@ import torch
 
 from bench_generation import EMBEDDED, make_prompt, run_once, tokenizer_for
 
-MODES = {"fp32": None, "int8": 8, "int4": 4}
+# mode -> (compute dtype, weight bits): bf16 is the unquantised half-precision reference the quantised modes beat
+MODES = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, 8),
+         "int4": (torch.float32, 4)}
 
 
 def peak_rss_mib() -> float:
@@ -40,7 +43,8 @@ def measure_load(checkpoint: str, mode: str, prompt_tokens: int) -> dict:
 
     baseline = peak_rss_mib()
     start = time.perf_counter()
-    model, config = load_model(checkpoint, quant=MODES[mode])
+    dtype, bits = MODES[mode]
+    model, config = load_model(checkpoint, dtype=dtype, quant=bits)
     load_seconds = time.perf_counter() - start
     last_logits(model, make_prompt(config, tokenizer_for(Path(checkpoint)), prompt_tokens))
     return {"load_s": load_seconds, "baseline_mib": baseline, "peak_mib": peak_rss_mib()}
@@ -57,13 +61,14 @@ def load_in_fresh_process(checkpoint: str, mode: str, threads: int, prompt_token
 
 def last_logits(model, prompt) -> torch.Tensor:
     with torch.no_grad():
-        return model.forward_inputs(prompt, last_token_only=True)[0][0, -1].float()       # (vocab,)
+        inputs = prompt.to(model.device, model.dtype)
+        return model.forward_inputs(inputs, last_token_only=True)[0][0, -1].float()       # (vocab,)
 
 
 def compare(checkpoint: str, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, dict]:
     from cogvlm.utils.checkpoint_io.loading import load_model
 
-    models = {mode: load_model(checkpoint, quant=bits)[0] for mode, bits in MODES.items()}
+    models = {mode: load_model(checkpoint, dtype=dtype, quant=bits)[0] for mode, (dtype, bits) in MODES.items()}
     config = models["fp32"].config
     prompt = make_prompt(config, tokenizer_for(Path(checkpoint)), prompt_tokens)
     reference = last_logits(models["fp32"], prompt)

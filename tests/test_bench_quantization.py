@@ -14,11 +14,11 @@ def test_prints_one_row_per_mode_on_the_embedded_checkpoint():
                              "--threads", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0][0] == "| captcha-tiny" and len(rows) == 5                 # header, rule, fp32, int8, int4
+    assert rows[0][0] == "| captcha-tiny" and len(rows) == 6                 # header, rule, fp32, bf16, int8, int4
     by_mode = {row[0][2:]: row for row in rows[2:]}
-    assert list(by_mode) == ["fp32", "int8", "int4"]
+    assert list(by_mode) == ["fp32", "bf16", "int8", "int4"]
     assert by_mode["fp32"][3:6] == ["1.00x", "0.0000", "yes"]                 # fp32 against itself
-    for mode in ("int8", "int4"):
+    for mode in ("bf16", "int8", "int4"):
         assert float(by_mode[mode][4]) > 0                                      # its weights were quantised
 
 
