@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
 from cogvlm.utils.inference.messages import describe, message
+from cogvlm.utils.quantization.options import add_quant_arguments
 
 DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"     # a small CogVLM that reads captchas
 DEFAULT_VERSION = "chat"
@@ -44,10 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
                         help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
                              f"overrides it")
-    parser.add_argument("--quant", choices=[8, 4], type=int, default=None,
-                        help="quantize the language model's weights to 8 or 4 bits while loading (weight-only)")
-    parser.add_argument("--quant_group_size", choices=[32, 64, 128, 256], type=int, default=32,
-                        help="--quant 4: input features sharing one scale (smaller: more accurate, larger weights)")
+    add_quant_arguments(parser)
     parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
                         help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
     parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5",
@@ -257,7 +255,7 @@ def load_chat(args, console: Console):
         dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
         device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            quant = QuantConfig(args.quant, args.quant_group_size) if args.quant else None
+            quant = QuantConfig.from_args(args)
             # Under torchrun every process holds one model-parallel shard, as in the published demo.
             return ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer,
                                              args.version or DEFAULT_VERSION, dtype, device,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cogvlm import warn_if_other_checkout
+from cogvlm.utils.quantization.options import add_quant_arguments
 
 
 def evaluate(chat, folder, samples, max_new_tokens: int, batch_size: int = 1):
@@ -44,10 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=1, help="images generated together")
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--quant", choices=[8, 4], type=int, default=None,
-                        help="quantize the language model's weights to 8 or 4 bits while loading (weight-only)")
-    parser.add_argument("--quant_group_size", choices=[32, 64, 128, 256], type=int, default=32,
-                        help="--quant 4: input features sharing one scale")
+    add_quant_arguments(parser)
     parser.add_argument("--show", type=int, default=5, help="print this many (label, prediction) pairs per split")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -66,7 +64,7 @@ def main(argv=None) -> int:
         print(f"Error: --data: {problem}", file=sys.stderr)
         return 1
     try:
-        quant = QuantConfig(args.quant, args.quant_group_size) if args.quant else None
+        quant = QuantConfig.from_args(args)
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version,
                                          torch.bfloat16 if args.bf16 else torch.float32,
                                          "cuda" if torch.cuda.is_available() else "cpu", quant=quant)

@@ -25,7 +25,7 @@ from .config import CogVLMConfig, current_model_parallel_size
 from .inputs import ImageInputs, ModelInputs, check_inputs
 from .kv_cache import KVCache
 from .mlp_adapter import ImageEmbedding
-from .visual_expert import ExpertRouting, VisualExpertAttention, VisualExpertMLP
+from .visual_expert import ExpertRouting, VisualExpertAttention, VisualExpertMLP, padding_attention_mask
 
 
 class LanguageModelHead(BaseMixin):
@@ -110,11 +110,13 @@ class CogVLMModel(BaseModel):
                      self.config.image_length)
         layer_inputs = self.image_layer_inputs(images, kv_cache, input_ids.shape[0])
         rope = self.get_mixin("visual_expert_attention").rotary_emb.cos_sin(position_ids, self.dtype)
-        key_padding = real_keys(attention_mask, kv_cache, input_ids.shape)
+        past_length = kv_cache.length if kv_cache is not None else 0
+        padding_mask = padding_attention_mask(real_keys(attention_mask, kv_cache, input_ids.shape), past_length,
+                                              input_ids.shape[1])
         outputs = super().forward(
             input_ids=input_ids, position_ids=position_ids, attention_mask=None,
             images=images, image_embed_mask=image_embed_mask,
-            expert_routing=ExpertRouting.from_mask(vision_expert_mask), rope=rope, key_padding=key_padding,
+            expert_routing=ExpertRouting.from_mask(vision_expert_mask), rope=rope, padding_mask=padding_mask,
             kv_cache=kv_cache, last_token_only=last_token_only, output_hidden_states=output_hidden_states,
             **layer_inputs)
         if kv_cache is not None:
@@ -136,7 +138,7 @@ def real_keys(attention_mask: torch.Tensor | None, kv_cache: KVCache | None, sha
               ) -> torch.Tensor | None:
     """(B, S) bool, True at the keys the new tokens may attend to (cached and new), or None when none is padding.
 
-    Built once per forward, so that the per-layer attention reads a ready mask."""
+    Built once per forward (and made into the attention mask once), so that every layer reads a ready mask."""
     if attention_mask is not None:
         attention_mask = attention_mask.bool()         # a 0/1 integer mask would be read as additive scores
     if kv_cache is None:

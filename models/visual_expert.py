@@ -58,23 +58,34 @@ def routed(routing: ExpertRouting | None, x: torch.Tensor, language: Callable, v
     return routing.route(x, language, vision)
 
 
-def causal_attention(query, key, value, past_length: int, key_padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
+def padding_attention_mask(key_padding: torch.Tensor | None, past_length: int, new_tokens: int
+                           ) -> torch.Tensor | None:
+    """The attention mask of T new queries over S = past_length + T keys when some keys are padding, built once
+    per forward and read by every layer. -> (B, 1, T, S) bool, or None when `key_padding` is None.
 
     `key_padding` (B, S) bool is False at padded keys, which no query sees; every query still sees itself, so a
     padding query attends to one key instead of none (a fully masked row is NaN in some PyTorch versions and
     kernels, and a NaN value would reach real tokens through 0 * NaN)."""
-    new_tokens, total = query.shape[2], key.shape[2]
     if key_padding is None:
-        if new_tokens == 1:                 # one decode step sees every cached position
-            return F.scaled_dot_product_attention(query, key, value)
-        if past_length == 0:                # prefill
-            return F.scaled_dot_product_attention(query, key, value, is_causal=True)
-    ones = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device)
-    mask = ones.tril(past_length)                                                                   # (T, S)
-    if key_padding is not None:
-        itself = ones.triu(past_length) & mask                      # query t is key past_length + t   (T, S)
-        mask = mask & key_padding[:, None, None, :] | itself                                        # (B, 1, T, S)
+        return None
+    ones = torch.ones(new_tokens, key_padding.shape[1], dtype=torch.bool, device=key_padding.device)
+    causal = ones.tril(past_length)                                                                 # (T, S)
+    itself = ones.triu(past_length) & causal                        # query t is key past_length + t   (T, S)
+    return causal & key_padding[:, None, None, :] | itself                                          # (B, 1, T, S)
+
+
+def causal_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
+
+    `padding_mask` is padding_attention_mask's (B, 1, T, S), when some keys are padding."""
+    if padding_mask is not None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=padding_mask)
+    new_tokens, total = query.shape[2], key.shape[2]
+    if new_tokens == 1:                 # one decode step sees every cached position
+        return F.scaled_dot_product_attention(query, key, value)
+    if past_length == 0:                # prefill
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    mask = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device).tril(past_length)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 
@@ -97,7 +108,7 @@ class VisualExpertAttention(BaseMixin):
             params_dtype=params_dtype, skip_init=True, module=self, name="vision_dense"))
 
     def attention_forward(self, hidden_states, mask, *, layer_id, rope, expert_routing=None,
-                          key_padding: torch.Tensor | None = None, kv_cache: KVCache | None = None, **kw_args):
+                          padding_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None, **kw_args):
         attention = self.transformer.layers[layer_id].attention
         key = str(int(layer_id))
         vision_qkv = self.vision_query_key_value_list[key] if key in self.vision_query_key_value_list else None
@@ -114,7 +125,7 @@ class VisualExpertAttention(BaseMixin):
         if kv_cache is not None:
             past_length = kv_cache.length
             key_, value = kv_cache.update(int(layer_id), key_, value)               # (B, nh, S, hd)
-        context = causal_attention(query, key_, value, past_length, key_padding)                # (B, nh, T, hd)
+        context = causal_attention(query, key_, value, past_length, padding_mask)   # (B, nh, T, hd)
         context = context.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, T, H_p)
         return routed(expert_routing, context, attention.dense, vision_dense)
 

@@ -134,6 +134,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
     (utils/quantization/weight_only.py): the full-precision weights are never all held at once. Quantised models
     are not saved: a checkpoint stays full precision, and is quantised at whatever model-parallel size loads it."""
     from cogvlm.utils.parallel import model_parallel
+    from cogvlm.utils.quantization.memory import file_mappings
     from cogvlm.utils.quantization.weight_only import QuantConfig
 
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
@@ -154,8 +155,10 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
         full = read_full_state_dict(checkpoint_dir, stored, model)
         state_dict = model_parallel.shard(full, model_parallel.split_plan(model), rank, size)
     check_state_dict(model, state_dict, path)
-    quantize_into(targets, state_dict, quant, dtype, device, path)
-    cast_into_place(state_dict, dtype, device, path)
+    # The mappings of the memory-mapped states file, whose pages are given back once a weight is copied out of them.
+    mappings = file_mappings(path)
+    quantize_into(targets, state_dict, quant, dtype, device, mappings)
+    cast_into_place(state_dict, dtype, device, mappings)
     model.load_state_dict(state_dict, assign=True)
     unloaded = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if unloaded:
@@ -180,14 +183,13 @@ def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.
 
 
 def quantize_into(targets: dict[str, tuple[str, torch.nn.Module]], state_dict: dict[str, torch.Tensor], quant,
-                  dtype: torch.dtype, device, path: Path) -> None:
+                  dtype: torch.dtype, device, mappings: list[tuple[int, int]]) -> None:
     """Take each target's weight out of `state_dict`, quantise it and install it in its linear, one at a time:
-    the full-precision copy of a weight lives only while it is quantised, and the pages it was read from (the
-    memory-mapped states file `path`) are given back right after."""
+    the full-precision copy of a weight lives only while it is quantised, and the pages it was read from (within
+    `mappings`, those of the memory-mapped states file) are given back right after."""
     from cogvlm.utils.quantization import weight_only
-    from cogvlm.utils.quantization.memory import file_mappings, release_pages
+    from cogvlm.utils.quantization.memory import release_pages
 
-    mappings = file_mappings(path) if targets else []
     for key, (name, linear) in targets.items():
         tensor = state_dict.pop(key)
         weight = weight_only.quantize(tensor, quant, dtype, name)
@@ -196,18 +198,17 @@ def quantize_into(targets: dict[str, tuple[str, torch.nn.Module]], state_dict: d
         del tensor
 
 
-def cast_into_place(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device, path: Path) -> None:
-    """Give each floating tensor the model's dtype and device, one tensor at a time, releasing the pages of the
-    memory-mapped states file `path` it was read from: a bf16 load then peaks at about the bf16 model, not the
-    fp32 file plus the bf16 copies. Tensors that need no cast keep their memory-mapped storage."""
-    from cogvlm.utils.quantization.memory import file_mappings, release_pages
+def cast_into_place(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device,
+                    mappings: list[tuple[int, int]]) -> None:
+    """Give each floating tensor the model's dtype and device, one tensor at a time, releasing the pages (within
+    `mappings`, those of the memory-mapped states file) it was read from: a bf16 load then peaks at about the bf16
+    model, not the fp32 file plus the bf16 copies. Tensors that need no cast keep their memory-mapped storage."""
+    from cogvlm.utils.quantization.memory import release_pages
 
-    mappings = None
     for key, tensor in state_dict.items():
         target = dtype if tensor.is_floating_point() else tensor.dtype
         if tensor.dtype == target and tensor.device == torch.device(device):
             continue
-        mappings = file_mappings(path) if mappings is None else mappings
         state_dict[key] = tensor.to(device=device, dtype=target)
         release_pages(tensor, mappings)
 

@@ -34,11 +34,17 @@ def resolve_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path,
     the checkpoint folder; a Hugging Face hub id (e.g. lmsys/vicuna-7b-v1.5) already in the local HF cache.
     With `model_vocab_size`, a tokenizer with more tokens than the model's vocabulary is a TokenizerMismatchError."""
     tokenizer = _find_tokenizer(local_tokenizer, checkpoint_dir)
-    if model_vocab_size is not None and tokenizer.vocab_size > model_vocab_size:
+    if model_vocab_size is not None:
+        check_vocabulary(tokenizer, model_vocab_size)
+    return tokenizer
+
+
+def check_vocabulary(tokenizer: LlamaTokenizer, model_vocab_size: int) -> None:
+    """A tokenizer with more tokens than the model's vocabulary is not the checkpoint's: TokenizerMismatchError."""
+    if tokenizer.vocab_size > model_vocab_size:
         raise TokenizerMismatchError(
             f"the tokenizer ({tokenizer.path}) has {tokenizer.vocab_size} tokens but the model's vocabulary has "
             f"{model_vocab_size}: it is not this checkpoint's tokenizer")
-    return tokenizer
 
 
 def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaTokenizer:
@@ -112,11 +118,7 @@ class TextStream:
 
 class ChatModel:
     def __init__(self, model, config, tokenizer: LlamaTokenizer, version: str):
-        model_vocab = config.language.vocab_size
-        if tokenizer.vocab_size > model_vocab:
-            raise TokenizerMismatchError(
-                f"the tokenizer ({tokenizer.path}) has {tokenizer.vocab_size} tokens but the model's vocabulary has "
-                f"{model_vocab}: it is not this checkpoint's tokenizer")
+        check_vocabulary(tokenizer, config.language.vocab_size)
         self.model, self.config, self.tokenizer = model, config, tokenizer
         # CogAgent's processor also makes the image at its cross resolution (1120 px).
         self.processor = Processor.for_model(config, tokenizer, version)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable, Iterable, Iterator, Literal
 
 import torch
@@ -264,7 +264,7 @@ def generate_batch(model, requests: Iterable[Request], num_slots: int | None = N
     """Generate `requests` together; yield their events as they happen. Request ids default to list indices.
 
     With `num_slots` below the number of requests, the others wait in the queue and join as rows finish."""
-    requests = [request if request.request_id is not None else _with_id(request, i)
+    requests = [request if request.request_id is not None else replace(request, request_id=i)
                 for i, request in enumerate(requests)]
     if not requests:
         return
@@ -275,10 +275,6 @@ def generate_batch(model, requests: Iterable[Request], num_slots: int | None = N
         scheduler.submit(request)
     while scheduler.busy:
         yield from scheduler.step()
-
-
-def _with_id(request: Request, request_id: Hashable) -> Request:
-    return Request(request.prompt, request.sampling, request.stop_token_ids, request_id)
 
 
 def collect(events: Iterable[Event]) -> dict[Hashable, tuple[list[int], Event]]:

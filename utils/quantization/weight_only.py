@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .options import DEFAULT_INT4_GROUP_SIZE, INT4_GROUP_SIZES
+
 INT8_MAX = 127
 INT4_LEVELS = 15                 # q in [0, 15]
 INT4_OFFSET = 8                  # the kernels' zero point: w = (q - 8) * scale + zero
-INT4_GROUP_SIZES = (32, 64, 128, 256)           # what _weight_int4pack_mm_for_cpu accepts
-DEFAULT_INT4_GROUP_SIZE = 32     # the finer the groups, the smaller the error; 128 was no faster on this CPU
 INT4_INNER_K_TILES = 2           # the packing's tile width (2, 4 or 8); any divides the layers we quantise
 KERNEL_DTYPE = torch.bfloat16    # the activation dtype the CPU kernels are fast with
 
@@ -55,6 +55,11 @@ class QuantConfig:
         if self.bits == 4 and self.group_size not in INT4_GROUP_SIZES:
             raise QuantizationError(f"int4 group size {self.group_size} is not one of "
                                     f"{', '.join(map(str, INT4_GROUP_SIZES))}")
+
+    @classmethod
+    def from_args(cls, args) -> "QuantConfig | None":
+        """The config that options.add_quant_arguments' --quant / --quant_group_size ask for, or None."""
+        return cls(args.quant, args.quant_group_size) if args.quant else None
 
     @classmethod
     def of(cls, quant: "int | QuantConfig | None") -> "QuantConfig | None":
