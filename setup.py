@@ -15,6 +15,9 @@ SUBPACKAGES = [
     "finetune_demo",
 ]
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
+WEB = ["gradio>=5"]
+
 setup(
     name="cogvlm-sat",
     version="0.2.0",
@@ -41,9 +44,15 @@ setup(
         "boto3",                # signs the published r2:// URLs (no network needed to sign)
         "safetensors",          # Hugging Face checkpoints
         "huggingface_hub",      # finding a tokenizer in the local Hugging Face cache
+        "tiktoken",             # the GLM-4 tokenizer of GLM-4V-9B / CogAgent-9B
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "captcha>=0.7"],
+        # openai_demo/openai_api.py
+        "serve": SERVE,
+        # basic_demo/web_demo.py
+        "web": WEB,
+        # the servers are tested with the official client, the web demo in a real (Debian's) Chromium via playwright
+        "test": ["pytest>=8", "hypothesis>=6", "captcha>=0.7", "openai>=1", "playwright>=1.40"] + SERVE + WEB,
         # the captcha demo's --style captcha images
         "finetune": ["captcha>=0.7"],
         # phrase/box pairing with spaCy noun chunks; also run `python -m spacy download en_core_web_sm`
