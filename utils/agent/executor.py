@@ -258,20 +258,23 @@ class Executor:
 
 
 class DryRunExecutor(Executor):
-    """Records the events it would perform (`performed`) and prints each as "would click(960, 540)"."""
+    """Records the events it would perform (`performed`) and prints each as "would click(960, 540)".
 
-    def __init__(self, screen_size: tuple[int, int], confirm: ConfirmCallback = refuse, *,
-                 confirm_untagged: bool = True, stream: TextIO | None = None):
+    screen_size: the (width, height) points are computed for, or a function giving it at each step (e.g. the
+    size of the screenshot the step was answered on)."""
+
+    def __init__(self, screen_size: tuple[int, int] | Callable[[], tuple[int, int]], confirm: ConfirmCallback = refuse,
+                 *, confirm_untagged: bool = True, stream: TextIO | None = None):
         super().__init__(confirm, confirm_untagged=confirm_untagged)
-        width, height = screen_size
-        if width <= 0 or height <= 0:
-            raise ValueError(f"the screen size must be positive, got {width}x{height}")
-        self._screen_size = (width, height)
+        self._screen_size = screen_size if callable(screen_size) else (lambda: screen_size)
         self.stream = stream
         self.performed: list[InputEvent] = []
 
     def screen_size(self) -> tuple[int, int]:
-        return self._screen_size
+        width, height = self._screen_size()
+        if width <= 0 or height <= 0:
+            raise ActionRefused(f"the screen size must be positive, got {width}x{height}")
+        return width, height
 
     def perform(self, event: InputEvent) -> None:
         self.performed.append(event)
