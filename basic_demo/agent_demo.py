@@ -22,6 +22,7 @@ which is no agent: its answers are reported as unparsed.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -140,15 +141,16 @@ class AgentSession:
             return None, message("boxes_not_saved", folder=self.output_dir, detail=describe(problem))
 
 
-def make_executor(kind: str, session: AgentSession):
+def make_executor(kind: str, session: AgentSession, chinese: bool = False):
     """The executor of --execute (None for "none"); sensitive and untagged steps ask at the terminal. A dry run
     acts on the last screenshot's size; the desktop on the screen's (see executor.py)."""
     from cogvlm.utils.agent.executor import DesktopExecutor, DryRunExecutor, ask_on_terminal
 
+    confirm = functools.partial(ask_on_terminal, chinese=chinese)
     if kind == "dry_run":
-        return DryRunExecutor(lambda: session.screen_size, ask_on_terminal)
+        return DryRunExecutor(lambda: session.screen_size, confirm)
     if kind == "desktop":
-        return DesktopExecutor(ask_on_terminal)
+        return DesktopExecutor(confirm)
     return None
 
 
@@ -234,7 +236,7 @@ def run(args, console: Console) -> int:
     session = AgentSession(chat, Platform(args.platform), AnswerFormat(args.format_key), sampling,
                            args.output_image_path)
     try:
-        session.executor = make_executor(args.execute, session)
+        session.executor = make_executor(args.execute, session, args.chinese)
     except Exception as problem:        # pyautogui fails on import without a display (e.g. KeyError 'DISPLAY')
         console.error(f"--execute {args.execute}: {type(problem).__name__}: {describe(problem)}")
         return 1

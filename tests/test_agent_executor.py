@@ -145,6 +145,9 @@ def test_ask_on_terminal_needs_an_explicit_yes_at_a_terminal():
         shown = io.StringIO()
         assert ask_on_terminal(step, stdin=Terminal(typed), stdout=shown) is expected
         assert shown.getvalue() == "Run the sensitive operation CLICK(box=[[100,200,300,400]], element_info='Pay')? [y/N] "
+    shown = io.StringIO()
+    assert ask_on_terminal(answer(f"HOVER({BOX})", ""), chinese=True, stdin=Terminal("是\n"), stdout=shown) is True
+    assert shown.getvalue() == "执行 HOVER(box=[[100,200,300,400]])（未标注是否敏感）？[y/N] "
     piped = io.StringIO("y\n")
     assert ask_on_terminal(step, stdin=piped, stdout=io.StringIO()) is False and piped.tell() == 0
 

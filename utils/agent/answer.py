@@ -71,6 +71,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
 _ESCAPED = {value: "\\" + key for key, value in _ESCAPES.items() if key != '"'}
 # What may follow a closing quote: the end of a value.
 _VALUE_ENDS = ",)]"
+_SPACES = re.compile(r"\s*")
 _WORDS: dict[str, Value] = {"True": True, "False": False, "None": None}
 
 
@@ -198,8 +199,8 @@ class _CallParser:
         raise _ParseError("the operation is cut off inside a quoted string", cut_off=True)
 
     def _closes_string(self) -> bool:
-        rest = self.text[self.pos:].lstrip()
-        return not rest or rest[0] in _VALUE_ENDS
+        following = _SPACES.match(self.text, self.pos).end()
+        return following == len(self.text) or self.text[following] in _VALUE_ENDS
 
     def _list(self, depth: int) -> tuple[Value, ...]:
         self.pos += 1

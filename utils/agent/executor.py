@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from .action_space import (ABSENT, END, KEY_DOWN, KEY_PRESS, KEY_UP, MOUSE_OPERATIONS, OPERATIONS, VARIABLE_PREFIX,
                            VARIABLE_SUFFIX)
+from ..inference.messages import message
 from .answer import AgentStep, Operation, Unparsed, format_operation
 
 # pyautogui's name of each key name of the action space (Windows and macOS names); 0-9 and A-Z are lower-cased,
@@ -95,17 +96,19 @@ def refuse(step: AgentStep) -> bool:
     return False
 
 
-CONFIRM_PROMPT = "Run the sensitive operation {operation}? [y/N] "
+YES = ("y", "yes", "是")
 
 
-def ask_on_terminal(step: AgentStep, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> bool:
+def ask_on_terminal(step: AgentStep, *, chinese: bool = False, stdin: TextIO | None = None,
+                    stdout: TextIO | None = None) -> bool:
     """Ask at the terminal; True only for an explicit y / yes. No terminal (piped input) means no."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not stdin.isatty():
         return False
-    stdout.write(CONFIRM_PROMPT.format(operation=format_operation(step.operation)))
+    key = "agent_confirm_sensitive" if step.sensitive else "agent_confirm_untagged"
+    stdout.write(message(key, chinese, operation=format_operation(step.operation)))
     stdout.flush()
-    return stdin.readline().strip().lower() in ("y", "yes")
+    return stdin.readline().strip().lower() in YES
 
 
 # ---------------------------------------------------------------------------------------------------------------

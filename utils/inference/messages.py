@@ -53,6 +53,10 @@ MESSAGES = {
     "agent_unparsed": {"en": "Unparsed answer: {reason}", "zh": "无法解析的回答：{reason}"},
     "agent_history": {"en": "History: {count} step(s)", "zh": "历史：{count} 步"},
     "agent_execution": {"en": "Execution: {outcome}{reason}", "zh": "执行：{outcome}{reason}"},
+    "agent_confirm_sensitive": {"en": "Run the sensitive operation {operation}? [y/N] ",
+                                "zh": "执行敏感操作 {operation}？[y/N] "},
+    "agent_confirm_untagged": {"en": "Run {operation} (its sensitivity is unknown)? [y/N] ",
+                               "zh": "执行 {operation}（未标注是否敏感）？[y/N] "},
     "agent_finished": {"en": "Task finished (END): enter a new task", "zh": "任务完成（END），请输入新任务"},
     # Errors raised deeper: English is their own text; Chinese says what failed and keeps the detail.
     "checkpoint_error": {"en": "{detail}", "zh": "无法加载检查点：{detail}"},
