@@ -347,3 +347,14 @@ def test_the_script_imports_nothing_heavy():
     modules = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.decode().splitlines()
                if line.startswith("import time:") and line.count("|") == 2}
     assert "json" in modules and not modules & {"torch", "sat", "PIL", "transformers", "numpy"}
+
+
+def test_the_fine_tuning_answers_are_read():
+    # THUDM/CogAgent finetune/README_en.md: "Grounded Operation:" without a space, and the <<END>> tag.
+    result = step("Action: Left click\nGrounded Operation:CLICK(box=[[150,911,180,975]], element_info='lower')\n<<END>>")
+    assert result.operation == Operation("CLICK", {"box": Box(150, 911, 180, 975), "element_info": "lower"})
+    assert result.sensitivity is Sensitivity.END and result.sensitive is False and result.action == "Left click"
+    result = step("Action: Click the 'Displays have separate spaces' option. \nGrounded Operation:CLICK(box=[[655,842,"
+                  "671,857]], element_info='```Displays have separate spaces``` switch button')\n<<General Operation>>")
+    assert result.operation.arguments["element_info"] == "```Displays have separate spaces``` switch button"
+    assert result.sensitivity is None       # the English README's translated tag is not one the model writes

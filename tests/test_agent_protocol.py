@@ -92,3 +92,29 @@ def test_bad_input_gets_one_line_errors():
     one_line_error(ValueError, lambda: build_query("  "), "the task is empty")
     one_line_error(ValueError, lambda: build_query("t", [HistoryStep("CLICK(box=[[1,2,3,4]])", "a\nb")]),
                    "must be one line")
+
+
+def test_the_fine_tuning_order_puts_the_history_last():
+    # THUDM/CogAgent finetune/README_en.md, the first sample's user content.
+    expected = (
+        "Task: In the Desktop & Dock section of System Settings, turn on the option 'Displays have separate Spaces' "
+        "in the Mission Control section\n(Platform: Mac)\n(Answer in Action-Operation-Sensitive format.)\nHistory "
+        "steps: \n0. CLICK(box=[[588,946,616,985]], element_info='System Settings')\tClick the 'System Settings' "
+        "menu at the bottom of the screen to open System Settings\n1. CLICK(box=[[227,561,297,585]], "
+        "element_info='Desktop & Dock')\tClick the 'Desktop & Dock' option in the left menu to enter the Desktop & "
+        "Dock settings interface. \n2. SCROLL_DOWN(box=[[367,39,691,929]], step_count=75, element_info='Scroll')\t"
+        "In the scroll area on the right side of the current screen, scroll down to view more options. \n")
+    history = [
+        HistoryStep("CLICK(box=[[588,946,616,985]], element_info='System Settings')",
+                    "Click the 'System Settings' menu at the bottom of the screen to open System Settings"),
+        HistoryStep("CLICK(box=[[227,561,297,585]], element_info='Desktop & Dock')",
+                    "Click the 'Desktop & Dock' option in the left menu to enter the Desktop & Dock settings "
+                    "interface. "),
+        HistoryStep("SCROLL_DOWN(box=[[367,39,691,929]], step_count=75, element_info='Scroll')",
+                    "In the scroll area on the right side of the current screen, scroll down to view more options. "),
+    ]
+    task = ("In the Desktop & Dock section of System Settings, turn on the option 'Displays have separate Spaces' in "
+            "the Mission Control section")
+    assert build_query(task, history, "Mac", history_last=True) == expected
+    assert build_query("t", platform="Mac", history_last=True) == (
+        "Task: t\n(Platform: Mac)\n(Answer in Action-Operation-Sensitive format.)\nHistory steps: \n")

@@ -14,6 +14,11 @@ between the grounded operation and the action. The inference demos end the query
 the README and the desktop client add a newline after it (`format_newline`). The screenshot goes with the query
 as the message's image; the model answers with the lines the format names (see answer.py).
 
+The fine-tuning data (finetune/README*.md) orders it differently: platform and format first, then "History
+steps: " with each step on a line of its own, every line ending in a newline (`history_last`)::
+
+    Task: {task}\n(Platform: Mac)\n(Answer in Action-Operation-Sensitive format.)\nHistory steps: \n0. {op}\t{action}\n
+
 Continue mode (README "Continue field", commit cb0faf0) appends "[Continue]\\n" right after the task:
 ``f'{task}[Continue]\\n{history}{platform}{format}'``. The README does not say how it meets the newline that opens
 the history string; it is applied literally here, so the query reads "Task: ...[Continue]\\n\\nHistory steps: ".
@@ -83,20 +88,25 @@ def _one_line(name: str, value: str) -> str:
     return value
 
 
+def history_lines(history: Sequence[HistoryStep]) -> list[str]:
+    """One "{i}. {operation}\\t{action}" per step, numbered from 0."""
+    return [f"{index}. {_one_line('a history operation', step.grounded_operation)}\t"
+            f"{_one_line('a history action', step.action)}" for index, step in enumerate(history)]
+
+
 def history_text(history: Sequence[HistoryStep]) -> str:
-    """"\\nHistory steps: " followed by one "\\n{i}. {operation}\\t{action}" per step (from 0)."""
-    lines = [f"\n{index}. {_one_line('a history operation', step.grounded_operation)}\t"
-             f"{_one_line('a history action', step.action)}" for index, step in enumerate(history)]
-    return HISTORY_HEADER + "".join(lines)
+    """"\\nHistory steps: " followed by "\\n" + line for each of history_lines."""
+    return HISTORY_HEADER + "".join("\n" + line for line in history_lines(history))
 
 
 def build_query(task: str, history: Sequence[HistoryStep] = (), platform: Platform | str = Platform.WIN,
                 answer_format: AnswerFormat | str = DEFAULT_FORMAT, *, continue_task: bool = False,
-                format_newline: bool = False) -> str:
+                format_newline: bool = False, history_last: bool = False) -> str:
     """The query text for one step; byte-identical to the published construction (see the module docstring).
 
     platform / answer_format may be given by value ("WIN", "action_op_sensitive"). continue_task asks the model
-    to go on with a task it was answering ("[Continue]"); format_newline adds the README's final newline.
+    to go on with a task it was answering ("[Continue]"); format_newline adds the README's final newline;
+    history_last builds the fine-tuning data's order instead (format_newline does not apply there).
     Raises ValueError (one line) for an empty task, an unknown platform or format, or a newline inside a history
     step (the history is one line per step).
     """
@@ -105,8 +115,11 @@ def build_query(task: str, history: Sequence[HistoryStep] = (), platform: Platfo
     platform = parse_platform(platform)
     answer_format = parse_format(answer_format)
     head = TASK_PREFIX + task + (CONTINUE_MARK if continue_task else "")
+    settings = f"(Platform: {platform.value})\n{answer_format.text}"
+    if history_last:
+        return f"{head}\n{settings}{HISTORY_HEADER}\n" + "".join(line + "\n" for line in history_lines(history))
     tail = "\n" if format_newline else ""
-    return f"{head}{history_text(history)}\n(Platform: {platform.value})\n{answer_format.text}{tail}"
+    return f"{head}{history_text(history)}\n{settings}{tail}"
 
 
 def parse_platform(value: Platform | str) -> Platform:
