@@ -358,3 +358,11 @@ def test_the_fine_tuning_answers_are_read():
                   "671,857]], element_info='```Displays have separate spaces``` switch button')\n<<General Operation>>")
     assert result.operation.arguments["element_info"] == "```Displays have separate spaces``` switch button"
     assert result.sensitivity is None       # the English README's translated tag is not one the model writes
+
+
+def test_a_history_step_is_always_one_line():
+    result = step("Action: Type the address,\nthen stop.\nGrounded Operation: TYPE(box=[[1,2,3,4]], text='Main St\n"
+                  "Springfield')\n<<一般操作>>")
+    assert result.operation.arguments["text"] == "Main St\nSpringfield"
+    assert result.history_step() == HistoryStep("TYPE(box=[[1,2,3,4]], text='Main St\\nSpringfield')",
+                                                "Type the address,")

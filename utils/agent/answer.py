@@ -347,8 +347,13 @@ class AgentStep(_Answer):
         return min(x, width - 1), min(y, height - 1)
 
     def history_step(self) -> HistoryStep:
-        """This step as the next query's history lists it (the published demos keep the text after "Action:")."""
-        return HistoryStep(self.grounded_operation_text or format_operation(self.operation), self.action or "")
+        """This step as the next query's history lists it: the operation as written and the action's first line
+        (the published demos keep the rest of the line after "Grounded Operation:" and "Action:"). An operation
+        written over several lines (a raw newline inside a string) is rewritten on one, escaped."""
+        written = self.grounded_operation_text
+        if not written or len(written.splitlines()) > 1:
+            written = format_operation(self.operation)
+        return HistoryStep(written, (self.action or "").splitlines()[0] if self.action else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +370,28 @@ def _clean(text: str) -> str | None:
     return text or None
 
 
+def _find_labels_and_operation(text: str) -> tuple[list[re.Match], Operation | None, tuple[int, int] | None,
+                                                   _ParseError | None]:
+    """The labels outside the operation, the operation after the first "Grounded Operation:", its span (to the
+    end of its line when it failed) and why it failed."""
+    kept: list[re.Match] = []
+    operation = span = failure = None
+    for match in _LABEL_PATTERN.finditer(text):
+        if span is not None and match.start() < span[1]:
+            continue
+        kept.append(match)
+        if match.group(1) == GROUNDED_OPERATION_LABEL and span is None:
+            parser = _CallParser(text, match.end())
+            try:
+                operation = _checked(parser.call())
+                span = (match.end(), parser.pos)
+            except _ParseError as error:
+                failure = error
+                line_end = text.find("\n", match.end())
+                span = (match.end(), line_end if line_end >= 0 else len(text))
+    return kept, operation, span, failure
+
+
 def parse_answer(text: str) -> AgentStep | Unparsed:
     """Parse a whole answer. Never raises. See the module docstring for the grammar.
 
@@ -372,31 +399,12 @@ def parse_answer(text: str) -> AgentStep | Unparsed:
     labels inside the grounded operation's strings are text. After the operation's ')' its line may hold only
     the tag: anything else there makes the answer Unparsed, as the operation may then have been misread.
     """
+    kept, operation, operation_span, failure = _find_labels_and_operation(text)
     sections: dict[str, str] = {}
-    operation: Operation | None = None
-    operation_span: tuple[int, int] | None = None
-    failure: _ParseError | None = None
-    skip_until = 0
-    kept = []
-    for match in _LABEL_PATTERN.finditer(text):
-        if match.start() < skip_until:
-            continue
-        kept.append(match)
-        if match.group(1) == GROUNDED_OPERATION_LABEL and operation_span is None and failure is None:
-            parser = _CallParser(text, match.end())
-            try:
-                operation = _checked(parser.call())
-                operation_span = (match.end(), parser.pos)
-                skip_until = parser.pos
-            except _ParseError as error:
-                failure = error
-                line_end = text.find("\n", match.end())
-                operation_span = (match.end(), line_end if line_end >= 0 else len(text))
     for match, following in zip(kept, kept[1:] + [None]):
         end = following.start() if following is not None else len(text)
-        label = match.group(1)
-        if label in _FIELD_OF_LABEL:
-            sections.setdefault(_FIELD_OF_LABEL[label], text[match.end():end])
+        if match.group(1) in _FIELD_OF_LABEL:
+            sections.setdefault(_FIELD_OF_LABEL[match.group(1)], text[match.end():end])
 
     sensitivity = None
     before, after = (text[:operation_span[0]], text[operation_span[1]:]) if operation_span else (text, "")
