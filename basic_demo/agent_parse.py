@@ -9,7 +9,8 @@ objects), "sensitive" (true for <<敏感操作>>, false for <<一般操作>> / <
 "status", "plan", "action", "grounded_operation" (as written), and with --width/--height "box_pixels" and
 "point" (the box centre, where the operation acts) in pixels of that screenshot, else null.
 
-Input and output are UTF-8. Exit status: 0 when an operation was read, 3 when the answer is unparsed (the JSON says why), 2 for bad flags.
+Input and output are UTF-8. Exit status: 0 when an operation was read, 3 when the answer is unparsed (the JSON
+says why), 2 for bad flags.
 """
 from __future__ import annotations
 

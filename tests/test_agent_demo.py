@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import HANG_TIMEOUT, one_line_error
 from PIL import Image
 

@@ -144,7 +144,8 @@ def test_ask_on_terminal_needs_an_explicit_yes_at_a_terminal():
     for typed, expected in (("y\n", True), ("YES\n", True), ("n\n", False), ("\n", False), ("", False)):
         shown = io.StringIO()
         assert ask_on_terminal(step, stdin=Terminal(typed), stdout=shown) is expected
-        assert shown.getvalue() == "Run the sensitive operation CLICK(box=[[100,200,300,400]], element_info='Pay')? [y/N] "
+        assert shown.getvalue() == ("Run the sensitive operation CLICK(box=[[100,200,300,400]], element_info='Pay')? "
+                                    "[y/N] ")
     shown = io.StringIO()
     assert ask_on_terminal(answer(f"HOVER({BOX})", ""), chinese=True, stdin=Terminal("是\n"), stdout=shown) is True
     assert shown.getvalue() == "执行 HOVER(box=[[100,200,300,400]])（未标注是否敏感）？[y/N] "
@@ -248,7 +249,8 @@ def test_the_desktop_executor_names_pyautogui_when_it_is_missing(monkeypatch):
 
 
 def test_importing_the_runtime_imports_no_gui_library():
-    code = "import sys, cogvlm.utils.agent.executor; print(sorted({'pyautogui', 'pyperclip', 'PIL'} & set(sys.modules)))"
+    code = ("import sys, cogvlm.utils.agent.executor\n"
+            "print(sorted({'pyautogui', 'pyperclip', 'PIL'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -104,7 +104,8 @@ def test_a_plan_and_a_sensitive_tag():
     ("RIGHT_CLICK(box=[[154,275,343,341]], element_info='[AXCell]')",
      Operation("RIGHT_CLICK", {"box": Box(154, 275, 343, 341), "element_info": "[AXCell]"})),
     ("CLICK(box=[[346,574,424,710]], element_type='卡片', element_info='Adobe Photoshop 2023')",
-     Operation("CLICK", {"box": Box(346, 574, 424, 710), "element_type": "卡片", "element_info": "Adobe Photoshop 2023"})),
+     Operation("CLICK", {"box": Box(346, 574, 424, 710), "element_type": "卡片",
+                         "element_info": "Adobe Photoshop 2023"})),
     ("LAUNCH(app='微信', url='None')", Operation("LAUNCH", {"app": "微信", "url": "None"})),
 ])
 def test_every_published_operation_example_is_read(written, expected):
@@ -165,7 +166,8 @@ def test_an_operation_outside_the_action_space_is_read_as_written():
     ("Grounded Operation: GESTURE(actions=[CLICK(box=[[1,2,3,4]])])", "GESTURE actions must be a list of KEY_DOWN"),
     ("Grounded Operation: CLICK(box=[[1,2,3,4]], box=[[1,2,3,4]])", "argument box is given twice"),
     ("Grounded Operation: CLICK box=[[1,2,3,4]]", "expected '('"),
-    ("Grounded Operation: CLICK(box=[[1,2,3,4]]) and then TYPE", "unexpected text after the operation: 'and then TYPE'"),
+    ("Grounded Operation: CLICK(box=[[1,2,3,4]]) and then TYPE",
+     "unexpected text after the operation: 'and then TYPE'"),
     ("Grounded Operation: CLICK(box=[[1,2,3,4]] element_info='x')", "expected ',' or ')' after argument box"),
 ])
 def test_malformed_answers_are_unparsed_with_their_reason(answer, reason):
@@ -351,7 +353,8 @@ def test_the_script_imports_nothing_heavy():
 
 def test_the_fine_tuning_answers_are_read():
     # THUDM/CogAgent finetune/README_en.md: "Grounded Operation:" without a space, and the <<END>> tag.
-    result = step("Action: Left click\nGrounded Operation:CLICK(box=[[150,911,180,975]], element_info='lower')\n<<END>>")
+    result = step("Action: Left click\nGrounded Operation:CLICK(box=[[150,911,180,975]], element_info='lower')\n"
+                  "<<END>>")
     assert result.operation == Operation("CLICK", {"box": Box(150, 911, 180, 975), "element_info": "lower"})
     assert result.sensitivity is Sensitivity.END and result.sensitive is False and result.action == "Left click"
     result = step("Action: Click the 'Displays have separate spaces' option. \nGrounded Operation:CLICK(box=[[655,842,"

@@ -1,13 +1,10 @@
 """The CogAgent-9B-20241220 query: task, history steps, platform and answer format in one user message.
 
-Published construction (THUDM/CogAgent README "Prompt concatenation", inference/cli_demo.py, app/client.py)::
+Published construction (THUDM/CogAgent README "Prompt concatenation", inference/cli_demo.py, app/client.py),
+as a Python string::
 
-    Task: {task}
-    History steps: 
-    0. {grounded operation}\t{action}
-    1. ...
-    (Platform: {WIN|Mac|Mobile})
-    (Answer in {format} format.)
+    "Task: {task}\nHistory steps: \n0. {grounded operation}\t{action}\n1. ...\n(Platform: {WIN|Mac|Mobile})\n"
+    "(Answer in {format} format.)"
 
 "History steps: " (with its trailing space) is present even with no history; steps are numbered from 0, a TAB
 between the grounded operation and the action. The inference demos end the query right after the format line;
