@@ -254,3 +254,17 @@ def test_importing_the_runtime_imports_no_gui_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_ctrl_c_during_a_gesture_still_releases_the_keys_held():
+    executor, backend, _, _ = desktop(never_asked)
+    original = backend.__getattr__("press")
+
+    def interrupted_press(*args):
+        original(*args)
+        raise KeyboardInterrupt
+
+    backend.press = interrupted_press
+    with pytest.raises(KeyboardInterrupt):
+        executor.execute(answer("GESTURE(actions=[KEY_DOWN(key='Lshift'), KEY_PRESS(key='A'), KEY_UP(key='Lshift')])"))
+    assert backend.calls == [("keyDown", ("shiftleft",)), ("press", ("a",)), ("keyUp", ("shiftleft",))]

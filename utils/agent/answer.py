@@ -306,6 +306,14 @@ def parse_operation(text: str, start: int = 0) -> tuple[Operation, int]:
 # Whole answers
 
 
+def box_action_point(box: Box, width: int, height: int) -> tuple[int, int]:
+    """Where an operation on `box` acts, in pixels of a width x height screen or screenshot: the box centre
+    (v / 1000 * size, rounded). On a side under 500 pixels the rounding can reach the size itself, one pixel off
+    the screen; the point is kept on it."""
+    x, y = box.center_pixels(width, height)
+    return min(x, width - 1), min(y, height - 1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Answer:
     """The free-text lines of an answer (None when absent) and its sensitivity tag (None when absent)."""
@@ -338,13 +346,9 @@ class AgentStep(_Answer):
         return None if self.box is None else self.box.to_pixels(width, height)
 
     def action_point(self, width: int, height: int) -> tuple[int, int] | None:
-        """Where the operation acts, in pixels of a width x height screen or screenshot: the box centre
-        (v / 1000 * size, rounded), or None for an operation without a box. On a screen narrower than 500
-        pixels the rounding can reach the size itself, one pixel off the screen; the point is kept on it."""
-        if self.box is None:
-            return None
-        x, y = self.box.center_pixels(width, height)
-        return min(x, width - 1), min(y, height - 1)
+        """Where the operation acts on a width x height screen or screenshot (see box_action_point), or None
+        for an operation without a box."""
+        return None if self.box is None else box_action_point(self.box, width, height)
 
     def history_step(self) -> HistoryStep:
         """This step as the next query's history lists it: the operation as written and the action's first line

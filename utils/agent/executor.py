@@ -34,7 +34,7 @@ from typing import Any, TextIO
 from .action_space import (ABSENT, END, KEY_DOWN, KEY_PRESS, KEY_UP, MOUSE_OPERATIONS, OPERATIONS, VARIABLE_PREFIX,
                            VARIABLE_SUFFIX)
 from ..inference.messages import message
-from .answer import AgentStep, Operation, Unparsed, format_operation
+from .answer import AgentStep, Operation, Unparsed, box_action_point, format_operation
 
 # pyautogui's name of each key name of the action space (Windows and macOS names); 0-9 and A-Z are lower-cased,
 # any other name (F11, Tab, ...) is lower-cased and must be a key the backend knows.
@@ -130,9 +130,7 @@ def substitute_variables(text: str, variables: dict[str, str]) -> str:
 
 
 def _point(operation: Operation, screen_size: tuple[int, int]) -> tuple[int, int]:
-    width, height = screen_size
-    x, y = operation.box.center_pixels(width, height)
-    return min(x, width - 1), min(y, height - 1)    # rounding can reach the size on a screen under 500 points
+    return box_action_point(operation.box, *screen_size)
 
 
 def _known_result(operation: Operation, needs: str) -> str:
@@ -252,11 +250,12 @@ class Executor:
                 elif event.action == "keyUp" and event.arguments[0] in held:
                     held.remove(event.arguments[0])
         except Exception as error:      # the backend's own errors (e.g. pyautogui's fail-safe corner)
-            for key in reversed(held):  # never leave a key down
-                with contextlib.suppress(Exception):
-                    self.perform(InputEvent("keyUp", (key,)))
             first_line = (str(error).splitlines() or [""])[0]
             return Result(Outcome.FAILED, events, reason=f"{type(error).__name__}: {first_line}")
+        finally:                        # never leave a key down, not even after Ctrl-C
+            for key in reversed(held):
+                with contextlib.suppress(Exception):
+                    self.perform(InputEvent("keyUp", (key,)))
         return Result(Outcome.DONE, events)
 
 
