@@ -27,11 +27,13 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cogvlm import warn_if_other_checkout
 from cogvlm.basic_demo.cli_demo_sat import CLEAR, DEFAULT_CHECKPOINT, EXIT_INTERRUPTED, STOP, Console, load_chat
-from cogvlm.utils.agent.protocol import AnswerFormat, Platform
+from cogvlm.utils.agent.answer import AgentStep, Unparsed, format_operation, parse_answer
+from cogvlm.utils.agent.drawing import draw_step
+from cogvlm.utils.agent.executor import DesktopExecutor, DryRunExecutor, Executor, Result, ask_on_terminal
+from cogvlm.utils.agent.protocol import AnswerFormat, HistoryStep, Platform, build_query
 from cogvlm.utils.inference.messages import describe, message
 from cogvlm.utils.quantization.options import add_quant_arguments
 
@@ -77,25 +79,25 @@ class StepReport:
     round: int
     query: str
     response: str
-    parsed: Any                 # AgentStep | Unparsed
+    parsed: AgentStep | Unparsed
     size: tuple[int, int]       # the screenshot's (width, height)
     drawn: Path | None = None
     draw_error: str | None = None
-    result: Any = None          # executor.Result | None
+    result: Result | None = None
     finished: bool = False
 
 
 class AgentSession:
     """The agent's state across rounds: the current task and its history steps. `chat` is a ChatModel (or any
-    object with its preprocess / answer); `executor` an executor.Executor or None."""
+    object with its preprocess / answer); `executor` acts on each parsed step, or None."""
 
     def __init__(self, chat, platform: Platform, answer_format: AnswerFormat, sampling, output_dir: str | Path,
-                 executor=None):
+                 executor: Executor | None = None):
         self.chat, self.platform, self.answer_format, self.sampling = chat, platform, answer_format, sampling
         self.output_dir = Path(output_dir)
         self.executor = executor
         self.task: str | None = None
-        self.history: list = []
+        self.history: list[HistoryStep] = []
         self.round = 0
         self.screen_size: tuple[int, int] | None = None    # of the last screenshot (the dry run acts on it)
 
@@ -105,9 +107,6 @@ class AgentSession:
     def step(self, picture, name: str, line: str) -> StepReport:
         """Answer one round on `picture` (a PIL image named `name`). `line` is a new task, "" for the next step
         of the current task, or "continue". ValueError (one line) when there is no task."""
-        from cogvlm.utils.agent.answer import AgentStep, parse_answer
-        from cogvlm.utils.agent.protocol import build_query
-
         if line not in ("", CONTINUE):
             self.task, self.history = line, []
         if self.task is None:
@@ -128,9 +127,7 @@ class AgentSession:
             self.clear()
         return StepReport(self.round, query, response, parsed, picture.size, drawn, draw_error, result, finished)
 
-    def _draw(self, picture, parsed, name: str) -> tuple[Path | None, str | None]:
-        from cogvlm.utils.agent.drawing import draw_step
-
+    def _draw(self, picture, parsed: AgentStep, name: str) -> tuple[Path | None, str | None]:
         if parsed.box is None:
             return None, None
         stem = Path(name.split("?")[0].rstrip("/")).stem or "screenshot"
@@ -141,11 +138,9 @@ class AgentSession:
             return None, message("boxes_not_saved", folder=self.output_dir, detail=describe(problem))
 
 
-def make_executor(kind: str, session: AgentSession, chinese: bool = False):
+def make_executor(kind: str, session: AgentSession, chinese: bool = False) -> Executor | None:
     """The executor of --execute (None for "none"); sensitive and untagged steps ask at the terminal. A dry run
     acts on the last screenshot's size; the desktop on the screen's (see executor.py)."""
-    from cogvlm.utils.agent.executor import DesktopExecutor, DryRunExecutor, ask_on_terminal
-
     confirm = functools.partial(ask_on_terminal, chinese=chinese)
     if kind == "dry_run":
         return DryRunExecutor(lambda: session.screen_size, confirm)
@@ -155,8 +150,6 @@ def make_executor(kind: str, session: AgentSession, chinese: bool = False):
 
 
 def show(report: StepReport, console: Console) -> None:
-    from cogvlm.utils.agent.answer import AgentStep, format_operation
-
     chinese = console.chinese
     console.say(message("agent_query", chinese, round=report.round, query=report.query))
     console.say(message("model_prefix", chinese) + report.response)
