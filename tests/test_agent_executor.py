@@ -9,8 +9,11 @@ import sys
 
 import pytest
 from conftest import HANG_TIMEOUT
+from hypothesis import given
+from hypothesis import strategies as st
+from test_agent_parser import operations
 
-from cogvlm.utils.agent.answer import parse_answer
+from cogvlm.utils.agent.answer import AgentStep, Sensitivity, parse_answer
 from cogvlm.utils.agent.executor import (DesktopExecutor, DesktopServices, DryRunExecutor, InputEvent, Outcome,
                                          ask_on_terminal)
 
@@ -268,3 +271,19 @@ def test_ctrl_c_during_a_gesture_still_releases_the_keys_held():
     with pytest.raises(KeyboardInterrupt):
         executor.execute(answer("GESTURE(actions=[KEY_DOWN(key='Lshift'), KEY_PRESS(key='A'), KEY_UP(key='Lshift')])"))
     assert backend.calls == [("keyDown", ("shiftleft",)), ("press", ("a",)), ("keyUp", ("shiftleft",))]
+
+
+@given(operations(), st.sampled_from([None, *Sensitivity]), st.booleans(), st.integers(1, 4000), st.integers(1, 4000))
+def test_no_parsed_step_makes_the_runtime_raise_and_the_gate_always_holds(operation, sensitivity, yes, width, height):
+    step = AgentStep(operation=operation, sensitivity=sensitivity)
+    executor = DryRunExecutor((width, height), lambda s: yes, stream=io.StringIO())
+    executor.variables = {"__CogName_known__": "value"}
+    result = executor.execute(step)
+    assert result.outcome in (Outcome.DONE, Outcome.ENDED, Outcome.REFUSED)
+    if result.outcome is not Outcome.DONE:
+        assert executor.performed == []
+    if step.sensitive is not False and not yes:
+        assert result.outcome is not Outcome.DONE
+    points = [event.arguments for event in executor.performed if event.action in ("click", "doubleClick",
+                                                                                  "rightClick", "moveTo")]
+    assert all(0 <= x < width and 0 <= y < height for x, y in points)
