@@ -298,6 +298,14 @@ def _label_position(
 
 def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path) -> Path:
     """Save a PNG copy of `image` (converted to RGB) with each phrase's boxes outlined and labelled; return path.
+    See annotate_boxes for the drawing."""
+    path = Path(path)
+    annotate_boxes(image, grounded).save(path, format="PNG")
+    return path
+
+
+def annotate_boxes(image: Any, grounded: Iterable[GroundedPhrase]) -> Any:
+    """An RGB copy of `image` with each phrase's boxes outlined and labelled.
 
     Phrase i uses colour BOX_COLORS[i % len(BOX_COLORS)]. Pixel corners follow Box.to_pixels, clipped to the
     image. The label (the phrase, PIL's default font, on a patch of the box colour) sits above the box, or inside
@@ -309,7 +317,7 @@ def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path)
     width, height = canvas.size
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    line_width = max(MIN_LINE_WIDTH, round(min(width, height) * LINE_WIDTH_FRACTION))
+    line_width = line_width_for(width, height)
 
     for index, item in enumerate(grounded):
         color = BOX_COLORS[index % len(BOX_COLORS)]
@@ -320,10 +328,13 @@ def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path)
             draw.rectangle((x0, y0, x1, y1), outline=color, width=line_width)
             if item.phrase:
                 _draw_label(draw, font, item.phrase, (x0, y0, x1, y1), (width, height), line_width, color)
+    return canvas
 
-    path = Path(path)
-    canvas.save(path, format="PNG")
-    return path
+
+def line_width_for(width: int, height: int) -> int:
+    """The outline width on a width x height image: LINE_WIDTH_FRACTION of the shorter side, at least
+    MIN_LINE_WIDTH pixels."""
+    return max(MIN_LINE_WIDTH, round(min(width, height) * LINE_WIDTH_FRACTION))
 
 
 def _draw_label(draw: Any, font: Any, label: str, box: Sequence[int], image_size: tuple[int, int],

@@ -32,6 +32,32 @@ MESSAGES = {
     "image_and_query": {"en": "--image and --query go together", "zh": "--image 与 --query 须同时给出"},
     "fp16_and_bf16": {"en": "choose one of --fp16 and --bf16", "zh": "--fp16 与 --bf16 只能选一个"},
     "max_length_too_small": {"en": "--max_length must be at least 2", "zh": "--max_length 至少为 2"},
+    # basic_demo/agent_demo.py (the CogAgent-9B agent)
+    "agent_welcome": {
+        "en": "CogAgent agent. Enter a screenshot path or URL, then the task; at the task prompt, Enter asks for the "
+              "next step of the current task and \"continue\" asks the model to continue its answer. \"clear\" "
+              "forgets the task and its history, \"stop\" ends.",
+        "zh": "CogAgent 智能体：输入截图路径或URL，再输入任务；在任务提示处直接回车执行当前任务的下一步，输入 continue 让模型继续回答。"
+              "clear 清除任务与历史，stop 终止程序",
+    },
+    "agent_screenshot_prompt": {"en": "Screenshot path or URL: ", "zh": "请输入截图路径或URL： "},
+    "agent_task_prompt": {"en": "Task (Enter: the next step of the current task): ",
+                          "zh": "任务（回车：当前任务的下一步）："},
+    "agent_no_task": {"en": "no task yet: type what the agent should do", "zh": "还没有任务：请输入要执行的任务"},
+    "agent_query": {"en": "Round {round} query:\n{query}", "zh": "第 {round} 轮查询：\n{query}"},
+    "agent_operation": {"en": "Operation: {operation}", "zh": "操作：{operation}"},
+    "agent_point": {"en": "Acts at ({x}, {y}) in the {width}x{height} screenshot",
+                    "zh": "作用点：截图（{width}x{height}）中的 ({x}, {y})"},
+    "agent_sensitive": {"en": "Sensitive operation: it runs only after an explicit confirmation",
+                        "zh": "敏感操作：须经明确确认才会执行"},
+    "agent_unparsed": {"en": "Unparsed answer: {reason}", "zh": "无法解析的回答：{reason}"},
+    "agent_history": {"en": "History: {count} step(s)", "zh": "历史：{count} 步"},
+    "agent_execution": {"en": "Execution: {outcome}{reason}", "zh": "执行：{outcome}{reason}"},
+    "agent_confirm_sensitive": {"en": "Run the sensitive operation {operation}? [y/N] ",
+                                "zh": "执行敏感操作 {operation}？[y/N] "},
+    "agent_confirm_untagged": {"en": "Run {operation} (its sensitivity is unknown)? [y/N] ",
+                               "zh": "执行 {operation}（未标注是否敏感）？[y/N] "},
+    "agent_finished": {"en": "Task finished (END): enter a new task", "zh": "任务完成（END），请输入新任务"},
     # Errors raised deeper: English is their own text; Chinese says what failed and keeps the detail.
     "checkpoint_error": {"en": "{detail}", "zh": "无法加载检查点：{detail}"},
     "download_error": {"en": "{detail}", "zh": "下载模型失败：{detail}"},
