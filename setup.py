@@ -11,6 +11,7 @@ SUBPACKAGES = [
     "utils.parallel",
     "utils.training",
     "utils.grounding",
+    "utils.agent",
     "basic_demo",
     "finetune_demo",
 ]
@@ -51,6 +52,8 @@ setup(
         "serve": SERVE,
         # basic_demo/web_demo.py
         "web": WEB,
+        # basic_demo/agent_demo.py --execute desktop: the CogAgent-9B agent's actions as real input events
+        "agent": ["pyautogui>=0.9.54", "pyperclip>=1.8"],
         # the servers are tested with the official client, the web demo in a real (Debian's) Chromium via playwright
         "test": ["pytest>=8", "hypothesis>=6", "captcha>=0.7", "openai>=1", "playwright>=1.40"] + SERVE + WEB,
         # the captcha demo's --style captcha images
@@ -64,5 +67,7 @@ setup(
         "cogvlm-merge-model = cogvlm.utils.merge_model:main",
         "cogvlm-convert-hf-checkpoint = cogvlm.utils.convert_hf_checkpoint:main",
         "cogvlm-split-dataset = cogvlm.utils.split_dataset:main",
+        "cogvlm-agent = cogvlm.basic_demo.agent_demo:main",
+        "cogvlm-agent-parse = cogvlm.basic_demo.agent_parse:main",
     ]},
 )
