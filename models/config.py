@@ -383,10 +383,14 @@ class GLM4LanguageConfig:
 
 @dataclass(frozen=True)
 class GLM4VConfig:
-    """GLM-4V-9B: EVA2-CLIP-E (1120 px) -> 2x2 stride-2 conv -> GLU -> [boi, image, eoi] / scaling_factor -> ChatGLM4."""
+    """GLM-4V-9B: EVA2-CLIP-E (1120 px) -> 2x2 stride-2 conv -> GLU -> [boi, image, eoi] / scaling_factor ->
+    ChatGLM4."""
     language: GLM4LanguageConfig = field(default_factory=GLM4LanguageConfig)
     vision: EVAConfig = field(default_factory=lambda: EVAConfig(image_size=1120))
     scaling_factor: float = 8.0             # vision_config.scaling_factor: divides the image embeddings
+    # The conv after the ViT merges patch_merge x patch_merge patches into one token (kernel = stride). Fixed in the
+    # published code (HF and SAT alike), so it is not written to model_config.json.
+    patch_merge: int = 2
     eos_token_ids: tuple[int, ...] = (151329, 151336, 151338)      # <|endoftext|> <|user|> <|observation|>
     pad_token_id: int = 151329
     boi_token_id: int = 151339              # <|begin_of_image|>
@@ -399,8 +403,8 @@ class GLM4VConfig:
 
     @property
     def conv_grid(self) -> int:
-        """Side of the image-token grid: the ViT's patch grid halved by the 2x2 stride-2 conv."""
-        return self.vision.image_size // self.vision.patch_size // 2
+        """Side of the image-token grid: the ViT's patch grid after the patch-merging conv."""
+        return self.vision.image_size // self.vision.patch_size // self.patch_merge
 
     @property
     def image_length(self) -> int:

@@ -18,7 +18,6 @@ shares one rotary position, the one after boi's. Attention is causal over everyt
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -43,19 +42,20 @@ class GLM4VImageEmbedding(ImageEmbedding):
         super().__init__(config, params_dtype)
         self.patch_grid = config.vision.image_size // config.vision.patch_size
         self.scaling_factor = config.scaling_factor
-        self.conv = nn.Conv2d(config.vision.hidden_size, config.language.hidden_size, kernel_size=2, stride=2,
-                              dtype=params_dtype)
+        self.conv = nn.Conv2d(config.vision.hidden_size, config.language.hidden_size, kernel_size=config.patch_merge,
+                              stride=config.patch_merge, dtype=params_dtype)
 
     @staticmethod
     def adapter_in_features(config: GLM4VConfig) -> int:
         return config.language.hidden_size
 
     def adapter_input(self, images: ImageInputs) -> torch.Tensor:
-        """(B_img, image_length, hidden): the conv over the row-major patch grid, flattened row-major again."""
+        """(B_img, image_length, hidden): the conv over the row-major patch grid, flattened row-major again
+        (HF visual.py's order; the fixtures' conv_output checks it)."""
         patches = self.encoder(images.pixel_values)                                  # (B, g * g, Dv)
         batch, _, width = patches.shape
         grid = patches.view(batch, self.patch_grid, self.patch_grid, width).permute(0, 3, 1, 2)   # (B, Dv, g, g)
-        return self.conv(grid).flatten(2).transpose(1, 2)                            # (B, (g / 2)^2, hidden)
+        return self.conv(grid).flatten(2).transpose(1, 2)                            # (B, (g / m)^2, hidden)
 
     def embed_images(self, images: ImageInputs) -> torch.Tensor:
         """(B_img, image_length + 2, hidden); the published model divides the whole block, boi/eoi included."""

@@ -25,7 +25,8 @@ def test_shard_then_merge_is_exact():
     full = sat_weights(GLM4V_TINY)
     plan = split_plan(build_model(TINY_GLM4V_CONFIG))
     shards = [shard(full, plan, rank, 2) for rank in range(2)]
-    assert shards[1]["transformer.layers.0.attention.query_key_value.weight"].shape == (64, 64)   # (2 q + 1 k + 1 v) x 16
+    qkv = shards[1]["transformer.layers.0.attention.query_key_value.weight"]
+    assert qkv.shape == (64, 64)                                      # (2 q heads + 1 k + 1 v group) x 16 rows
     merged = merge(shards, plan)
     assert merged.keys() == full.keys() and all(torch.equal(merged[k], full[k]) for k in full)
 

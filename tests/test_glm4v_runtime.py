@@ -62,8 +62,8 @@ def test_quantisation_targets_the_decoder_not_the_vision_tower(checkpoints):
     quantised = {name for name, module in model.named_modules()
                  if isinstance(getattr(module, "weight", None), QuantizedWeight)}
     assert {"transformer.layers.0.attention.query_key_value", "transformer.layers.1.attention.dense",
-            "transformer.layers.0.mlp.dense_h_to_4h", "mixins.swiglu.up_proj.1", "transformer.layers.1.mlp.dense_4h_to_h",
-            "mixins.lm.lm_head"} <= quantised
+            "transformer.layers.0.mlp.dense_h_to_4h", "mixins.swiglu.up_proj.1",
+            "transformer.layers.1.mlp.dense_4h_to_h", "mixins.lm.lm_head"} <= quantised
     assert not {name for name in quantised if name.startswith("mixins.image.")}
 
 
