@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from sat.model.base_model import BaseMixin
 from sat.mpu.layers import ColumnParallelLinear
@@ -64,6 +65,20 @@ def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     return torch.cat([rotated, passing], dim=-1)
 
 
+def grouped_query_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """query (B, nh, T, hd) over key / value (B, ng, S, hd): query head h reads group h // (nh / ng), a contiguous
+    run of heads per group, as the published code expands K/V. The K/V groups are never copied out per head."""
+    batch, heads, new_tokens, head_dim = query.shape
+    groups = key.shape[1]
+    if new_tokens == 1:
+        # A decode step: a group's nh / ng query heads are that many query rows over the group's keys, which all of
+        # them see (a padding mask (B, 1, 1, S) applies to every row alike).
+        rows = query.reshape(batch, groups, heads // groups, head_dim)                  # (B, ng, nh / ng, hd)
+        context = F.scaled_dot_product_attention(rows, key, value, attn_mask=padding_mask)
+        return context.reshape(batch, heads, 1, head_dim)
+    return causal_attention(query, key, value, past_length, padding_mask, enable_gqa=True)
+
+
 class GroupedQueryAttention(BaseMixin):
     """Self-attention with grouped K/V heads (GQA), partial rotary, and a preallocated KV cache of the groups."""
 
@@ -94,10 +109,7 @@ class GroupedQueryAttention(BaseMixin):
         if kv_cache is not None:
             past_length = kv_cache.length
             key, value = kv_cache.update(int(layer_id), key, value)         # (B, ng, S, hd)
-        # Query head h reads group h // (nh / ng): each group serves a contiguous run of heads.
-        key = key.repeat_interleave(heads // groups, dim=1)                 # (B, nh, S, hd)
-        value = value.repeat_interleave(heads // groups, dim=1)
-        context = causal_attention(query, key, value, past_length, padding_mask)       # (B, nh, T, hd)
+        context = grouped_query_attention(query, key, value, past_length, padding_mask)    # (B, nh, T, hd)
         return attention.dense(context.transpose(1, 2).reshape(batch, length, heads * head_dim))
 
 

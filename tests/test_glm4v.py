@@ -133,28 +133,6 @@ def test_save_and_load_model_round_trip(reference, tmp_path):
         assert torch.equal(loaded.forward_inputs(inputs)[0], model.forward_inputs(inputs)[0])
 
 
-# --- rotary layouts -----------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("seed", range(3))
-def test_rotary_layouts_differ_by_a_permutation_of_the_rotary_dimensions(seed):
-    """Interleaved pairs (2i, 2i+1) = rotate-half pairs (i, i + d/2) after moving dimension i to 2i, i + d/2 to 2i+1."""
-    from cogvlm.models.config import GLM4LanguageConfig
-    from cogvlm.models.glm4 import apply_partial_rotary, rotary_tables
-
-    generator = torch.Generator().manual_seed(seed)
-    lang = GLM4LanguageConfig(hidden_size=96, num_attention_heads=4, head_dim=24, num_kv_groups=2)
-    x = torch.randn(2, 3, 5, lang.head_dim, generator=generator)                   # (B, nh, T, hd)
-    positions = torch.randint(0, 2000, (2, 5), generator=generator)
-    cos, sin = rotary_tables(positions, lang, torch.float32)
-    half = lang.rotary_dim // 2
-    order = torch.arange(lang.rotary_dim).view(2, half).t().flatten()               # 0, d/2, 1, d/2 + 1, ...
-    order = torch.cat([order, torch.arange(lang.rotary_dim, lang.head_dim)])
-    rotate_half = apply_partial_rotary(x, cos, sin, "rotate_half")
-    interleaved = apply_partial_rotary(x[..., order], cos, sin, "interleaved")
-    torch.testing.assert_close(interleaved, rotate_half[..., order])
-    assert torch.equal(rotate_half[..., lang.rotary_dim:], x[..., lang.rotary_dim:])     # half the head passes
-
-
 # --- inputs -------------------------------------------------------------------------------------------------------
 
 def test_pixels_match_the_published_preprocessing():
