@@ -71,8 +71,7 @@ def sat_weights(fixture: Path) -> dict[str, torch.Tensor]:
 
     weights = regenerate_hf_weights(fixture)
     assert content_sha256(fixture, weights) == WEIGHTS_SHA256, "torch.randn's stream changed: see weights-recipe.md"
-    config = fixture_config(fixture)
-    return hf_to_sat(weights, config.language.num_layers, config.vision.num_layers)
+    return hf_to_sat(weights, fixture_config(fixture))
 
 
 def build_fixture_model(fixture: Path, dtype: torch.dtype = torch.float32):

@@ -98,11 +98,13 @@ def test_state_dict_speaks_the_published_sat_layout():
 def test_name_table_maps_every_hf_tensor_onto_the_sat_layout_and_back():
     from cogvlm.utils.checkpoint_io.glm4v_names import hf_to_sat, sat_to_hf
 
+    from cogvlm.models.config import TINY_GLM4V_CONFIG
+
     hf = regenerate_hf_weights(GLM4V_TINY)
     assert [name for name, _, _ in read_keys(GLM4V_TINY)] == list(hf)
-    sat = hf_to_sat(hf, num_layers=2, num_vision_layers=2)
+    sat = hf_to_sat(hf, TINY_GLM4V_CONFIG)
     assert {k: tuple(v.shape) for k, v in sat.items()} == sat_layout()
-    back = sat_to_hf(sat, num_layers=2, num_vision_layers=2)
+    back = sat_to_hf(sat, TINY_GLM4V_CONFIG)
     assert back.keys() == hf.keys() and all(torch.equal(back[k], hf[k]) for k in hf)
     # the fused SwiGLU input projection: gate rows first (SAT's dense_h_to_4h), up rows second (mixins.mlp.w2)
     fused = hf["transformer.encoder.layers.1.mlp.dense_h_to_4h.weight"]
@@ -111,12 +113,22 @@ def test_name_table_maps_every_hf_tensor_onto_the_sat_layout_and_back():
 
 
 def test_name_table_is_strict():
+    from cogvlm.models.config import TINY_GLM4V_CONFIG
     from cogvlm.utils.checkpoint_io.glm4v_names import NameTableError, hf_to_sat
 
     hf = regenerate_hf_weights(GLM4V_TINY)
     hf["transformer.vision.extra"] = hf.pop("transformer.vision.boi")
     with pytest.raises(NameTableError, match="transformer.vision.boi.*transformer.vision.extra"):
-        hf_to_sat(hf, num_layers=2, num_vision_layers=2)
+        hf_to_sat(hf, TINY_GLM4V_CONFIG)
+
+
+def test_a_folder_without_the_rotary_buffer_gets_the_published_one():
+    from cogvlm.models.config import TINY_GLM4V_CONFIG
+    from cogvlm.utils.checkpoint_io.glm4v_names import hf_to_sat
+
+    hf = regenerate_hf_weights(GLM4V_TINY)
+    published = hf.pop("transformer.rotary_pos_emb.inv_freq")            # the recipe's value: 1 / 10000^(2i/8)
+    assert torch.equal(hf_to_sat(hf, TINY_GLM4V_CONFIG)["mixins.attn.rotary_pos_emb.inv_freq"], published)
 
 
 def test_save_and_load_model_round_trip(reference, tmp_path):
