@@ -492,6 +492,12 @@ class GLM4VConfig:
     def from_hf_config(cls, hf_config: dict[str, Any]) -> "GLM4VConfig":
         """The configuration a Hugging Face glm-4v-9b / cogagent-9b-20241220 config.json describes."""
         vision = hf_config["vision_config"]
+        fixed = [(key, hf_config.get(key, value), value) for key, value in GLM4V_HF_FIXED_FIELDS.items()]
+        fixed += [(f"vision_config.{key}", vision.get(key, value), value)
+                  for key, value in GLM4V_HF_VISION_FIXED_FIELDS.items()]
+        for key, found, published in fixed:
+            if found != published:
+                raise ValueError(f"config.json: {key} {found!r} is not GLM-4V's {published!r}")
         language = GLM4LanguageConfig(
             vocab_size=hf_config["padded_vocab_size"],
             hidden_size=hf_config["hidden_size"],
@@ -521,6 +527,52 @@ class GLM4VConfig:
                    boi_token_id=hf_config.get("boi_token_id", cls.boi_token_id),
                    eoi_token_id=hf_config.get("eoi_token_id", cls.eoi_token_id))
 
+
+    def to_hf_config(self, torch_dtype: str = "bfloat16") -> dict[str, Any]:
+        """The Hugging Face config.json of this model, with the published remote-code fields."""
+        lang, vision = self.language, self.vision
+        config = {
+            "model_type": "chatglm",
+            "architectures": ["ChatGLMModel"],
+            "auto_map": dict(GLM4V_HF_AUTO_MAP),
+            "vision_config": {
+                **GLM4V_HF_VISION_FIXED_FIELDS,
+                "in_channels": vision.in_channels, "num_hidden_layers": vision.num_layers,
+                "hidden_size": vision.hidden_size, "patch_size": vision.patch_size,
+                "num_heads": vision.num_attention_heads, "intermediate_size": vision.inner_hidden_size,
+                "layer_norm_eps": vision.layernorm_epsilon, "num_positions": vision.num_patches + vision.pre_len,
+                "image_size": vision.image_size, "scaling_factor": self.scaling_factor,
+            },
+            **GLM4V_HF_FIXED_FIELDS,
+            "ffn_hidden_size": lang.inner_hidden_size, "hidden_size": lang.hidden_size, "kv_channels": lang.head_dim,
+            "layernorm_epsilon": lang.layernorm_epsilon, "multi_query_attention": True,
+            "multi_query_group_num": lang.num_kv_groups, "num_attention_heads": lang.num_attention_heads,
+            "num_layers": lang.num_layers, "original_rope": lang.rope_layout == "interleaved",
+            "padded_vocab_size": lang.vocab_size, "seq_length": lang.max_sequence_length,
+            "torch_dtype": torch_dtype, "eos_token_id": list(self.eos_token_ids), "pad_token_id": self.pad_token_id,
+            "boi_token_id": self.boi_token_id, "eoi_token_id": self.eoi_token_id,
+        }
+        if lang.rope_ratio != 1.0:
+            config["rope_ratio"] = lang.rope_ratio
+        return config
+
+
+# config.json fields of the published remote code that this implementation does not vary: their published values.
+GLM4V_HF_FIXED_FIELDS = {
+    "add_bias_linear": False, "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
+    "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0, "attention_softmax_in_fp32": True,
+    "attn_implementation": "sdpa", "bias_dropout_fusion": True, "fp32_residual_connection": False,
+    "hidden_dropout": 0.0, "post_layer_norm": True, "rmsnorm": True, "use_cache": True,
+    "transformers_version": "4.44.0", "tie_word_embeddings": False,
+}
+GLM4V_HF_VISION_FIXED_FIELDS = {"dropout_prob": 0.0, "hidden_act": "gelu"}
+GLM4V_HF_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
 
 _GLM4V_MODELLED_KEYS = {
     "model_class", "num_layers", "hidden_size", "num_attention_heads", "hidden_size_per_attention_head",

@@ -64,6 +64,29 @@ def test_model_config_round_trip_picks_the_model_class(fixture):
     assert config_from_model_config(model_config) == config
 
 
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_hf_config_round_trip_gives_the_published_config_json(fixture):
+    import json
+
+    from glm4v_reference import fixture_config
+
+    published = json.loads((FIXTURES[fixture] / "config.json").read_text())
+    del published["_name_or_path"]
+    assert fixture_config(FIXTURES[fixture]).to_hf_config(torch_dtype="float32") == published
+
+
+@pytest.mark.parametrize("key,value", [("add_bias_linear", True), ("rmsnorm", False), ("tie_word_embeddings", True)])
+def test_an_hf_config_this_model_cannot_compute_is_a_one_line_error(key, value):
+    import json
+
+    from cogvlm.models.config import GLM4VConfig
+    from conftest import one_line_error
+
+    hf = json.loads((GLM4V_TINY / "config.json").read_text())
+    hf[key] = value
+    one_line_error(ValueError, lambda: GLM4VConfig.from_hf_config(hf), key, "not GLM-4V's")
+
+
 def test_a_model_config_without_rope_layout_means_sat_rotate_half():
     from cogvlm.models.config import TINY_GLM4V_CONFIG, GLM4VConfig
 
