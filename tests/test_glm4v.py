@@ -110,6 +110,24 @@ def sat_layout() -> dict[str, tuple[int, ...]]:
     return {key: tuple(json.loads(shape)) for key, shape in (line.split("\t") for line in lines)}
 
 
+def test_sat_keys_fixture_is_what_sats_official_glm4v_model_holds():
+    """fixtures/glm4v-tiny/sat_keys.txt against SAT 0.4.12's own GLM4VModel, built at the fixture's size."""
+    import argparse
+
+    from sat.model.official.glm4v_model import GLM4VModel as SatGLM4VModel
+
+    from cogvlm.models.config import TINY_GLM4V_CONFIG
+    from cogvlm.models.glm4 import decoder_args
+
+    eva_args = {**TINY_GLM4V_CONFIG.vision.to_model_config(), "model_parallel_size": 1}
+    runtime = dict(world_size=1, rank=0, local_rank=0, deepspeed=False, bf16=False, fp16=False, mode="inference",
+                   device="cpu", eva_args=eva_args, image_length=TINY_GLM4V_CONFIG.image_length, proj_hidden_size=None)
+    args = argparse.Namespace(**vars(decoder_args(TINY_GLM4V_CONFIG.language)), **runtime)
+    with torch.device("meta"):
+        official = SatGLM4VModel(args)
+    assert {k: tuple(v.shape) for k, v in official.state_dict().items()} == sat_layout()
+
+
 def test_state_dict_speaks_the_published_sat_layout():
     from cogvlm.models.config import TINY_GLM4V_CONFIG
     from cogvlm.utils.checkpoint_io.loading import build_model
