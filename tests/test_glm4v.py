@@ -320,3 +320,18 @@ def test_engine_batch_matches_row_by_row(reference, fixture):
         assert results[row][0] == generation["new_token_ids"][row].tolist()
         step_logits = torch.stack(steps[row])[:, subset]                              # (steps, 1024)
         torch.testing.assert_close(step_logits, generation["step_logits_subset"][:, row], **TOLERANCE)
+
+
+def test_a_batch_mixing_image_and_text_only_rows_equals_the_rows_alone(reference):
+    """The published tokenizer refuses such a batch; here each row's logits are those of the row run alone."""
+    from cogvlm.models.inputs import ModelInputs
+
+    model, config, cases = reference["glm4v"]
+    names = ("image_history", "text_only", "non_ascii")
+    rows = [case_inputs(cases, cases["cases"][name], config) for name in names]
+    batch = ModelInputs.batch(rows, config.pad_token_id)
+    with torch.no_grad():
+        logits = model.forward_inputs(batch, last_token_only=True)[0][:, -1]             # (3, vocab)
+    for row, name in enumerate(names):
+        expected = cases["cases"][name]["logits_last_subset"][0]
+        torch.testing.assert_close(logits[row, cases["vocab_subset"]], expected, **TOLERANCE)
