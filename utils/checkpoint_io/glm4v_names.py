@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from cogvlm.utils.checkpoint_io.sat_layout import CheckpointError
+
 _HF_LM, _HF_VIT = "transformer.encoder.layers.{i}.", "transformer.vision.transformer.layers.{v}."
 _SAT_LM, _SAT_VIT = "transformer.layers.{i}.", "mixins.eva.vit_model.transformer.layers.{v}."
 
@@ -80,11 +82,8 @@ def split_keys(num_layers: int) -> list[tuple[str, tuple[str, ...]]]:
             for i in range(num_layers)]
 
 
-class NameTableError(KeyError):
-    """A state dict whose names the table does not cover (missing or unexpected keys)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+class NameTableError(CheckpointError):
+    """A state dict whose names the table does not cover (missing or unexpected keys); one line."""
 
 
 def _check(state_dict: dict, expected: set[str], side: str) -> None:
