@@ -338,3 +338,267 @@ CAPTCHA_TINY_CONFIG = CogVLMConfig(
     vision=EVAConfig(hidden_size=64, num_layers=2, num_attention_heads=4, inner_hidden_size=128, image_size=112),
     text_processor_version="chat_old",
 )
+
+
+# --- GLM-4V-9B and CogAgent-9B-20241220 ----------------------------------------------------------------------------
+# Sources: the published Hugging Face config.json of THUDM/glm-4v-9b (its field names in the comments); CogAgent-9B
+# differs only by `original_rope: false` (rotate-half rotary, per vLLM's GLM-4V port). The SAT checkpoint layout and
+# model_config.json keys are those of SAT 0.4.12's `sat.model.official.GLM4VModel`.
+
+ROPE_LAYOUTS = ("interleaved", "rotate_half")
+
+
+@dataclass(frozen=True)
+class GLM4LanguageConfig:
+    """The ChatGLM4 decoder: grouped-query attention with a QKV bias, RMSNorm, SwiGLU, rotary on half of each head."""
+    vocab_size: int = 151552                # padded_vocab_size
+    hidden_size: int = 4096
+    num_layers: int = 40
+    num_attention_heads: int = 32
+    head_dim: int = 128                     # kv_channels
+    num_kv_groups: int = 2                  # multi_query_group_num: query heads share K/V in this many groups
+    inner_hidden_size: int = 13696          # ffn_hidden_size (SwiGLU width)
+    layernorm_epsilon: float = 1.5625e-07
+    rope_ratio: float = 1.0                 # scales the rotary base (absent in the published config: 1)
+    # original_rope true: interleaved pairs (GPT-J style, GLM-4V-9B); false: rotate-half (GPT-NeoX, CogAgent-9B)
+    rope_layout: str = "interleaved"
+    max_sequence_length: int = 2048         # seq_length: the published rotary cache's size
+
+    def __post_init__(self):
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rope_layout must be one of {', '.join(ROPE_LAYOUTS)}, got {self.rope_layout!r}")
+        if self.num_attention_heads % self.num_kv_groups:
+            raise ValueError(f"{self.num_attention_heads} attention heads do not split into {self.num_kv_groups} "
+                             f"KV groups")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Only the first half of each head's dimensions rotate; the rest pass through."""
+        return self.head_dim // 2
+
+    @property
+    def rotary_base(self) -> float:
+        return 10000.0 * self.rope_ratio
+
+
+@dataclass(frozen=True)
+class GLM4VConfig:
+    """GLM-4V-9B: EVA2-CLIP-E (1120 px) -> 2x2 stride-2 conv -> GLU -> [boi, image, eoi] / scaling_factor ->
+    ChatGLM4."""
+    language: GLM4LanguageConfig = field(default_factory=GLM4LanguageConfig)
+    vision: EVAConfig = field(default_factory=lambda: EVAConfig(image_size=1120))
+    scaling_factor: float = 8.0             # vision_config.scaling_factor: divides the image embeddings
+    # The conv after the ViT merges patch_merge x patch_merge patches into one token (kernel = stride). Fixed in the
+    # published code (HF and SAT alike), so it is not written to model_config.json.
+    patch_merge: int = 2
+    eos_token_ids: tuple[int, ...] = (151329, 151336, 151338)      # <|endoftext|> <|user|> <|observation|>
+    pad_token_id: int = 151329
+    boi_token_id: int = 151339              # <|begin_of_image|>
+    eoi_token_id: int = 151340              # <|end_of_image|>
+    model_class: str = "GLM4VModel"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    text_processor_version = None           # the GLM-4 chat template is the tokenizer's, not a SAT text processor
+    cross_image_size = None                 # no high-resolution cross branch
+
+    @property
+    def conv_grid(self) -> int:
+        """Side of the image-token grid: the ViT's patch grid after the patch-merging conv."""
+        return self.vision.image_size // self.vision.patch_size // self.patch_merge
+
+    @property
+    def image_length(self) -> int:
+        """Image tokens in the sequence, without boi/eoi (1600 at 1120 px)."""
+        return self.conv_grid ** 2
+
+    def replace(self, **changes) -> "GLM4VConfig":
+        return replace(self, **changes)
+
+    def to_model_config(self) -> dict[str, Any]:
+        """model_config.json: SAT's GLM4VModel argument names, plus the keys this model reads beyond SAT's."""
+        lang = self.language
+        config = {
+            "model_class": self.model_class,
+            "num_layers": lang.num_layers,
+            "hidden_size": lang.hidden_size,
+            "num_attention_heads": lang.num_attention_heads,
+            "hidden_size_per_attention_head": lang.head_dim,
+            "num_multi_query_heads": lang.num_kv_groups,
+            "vocab_size": lang.vocab_size,
+            "inner_hidden_size": lang.inner_hidden_size,
+            "layernorm_epsilon": lang.layernorm_epsilon,
+            "layernorm_order": "pre",
+            "use_bias": False,
+            "use_qkv_bias": True,
+            "model_parallel_size": 1,
+            "max_sequence_length": lang.max_sequence_length,
+            "image_length": self.image_length,
+            "eva_args": self.vision.to_model_config(),
+            "proj_hidden_size": lang.hidden_size,
+            "rope_layout": lang.rope_layout,
+            "rope_ratio": lang.rope_ratio,
+            "scaling_factor": self.scaling_factor,
+            "eos_token_id": list(self.eos_token_ids),
+            "pad_token_id": self.pad_token_id,
+            "boi_token_id": self.boi_token_id,
+            "eoi_token_id": self.eoi_token_id,
+        }
+        config.update(self.extra)
+        return config
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any]) -> "GLM4VConfig":
+        missing = [k for k in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "eva_args",
+                               "num_multi_query_heads", "inner_hidden_size") if k not in config]
+        if missing:
+            raise ValueError(f"model_config.json lacks {', '.join(missing)}: not a GLM-4V checkpoint config")
+        if config.get("proj_hidden_size") not in (None, config["hidden_size"]):
+            raise ValueError(f"proj_hidden_size {config['proj_hidden_size']} must equal hidden_size "
+                             f"{config['hidden_size']}")
+        language = GLM4LanguageConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_layers"],
+            num_attention_heads=config["num_attention_heads"],
+            head_dim=config.get("hidden_size_per_attention_head") or
+            config["hidden_size"] // config["num_attention_heads"],
+            num_kv_groups=config["num_multi_query_heads"],
+            inner_hidden_size=config["inner_hidden_size"],
+            layernorm_epsilon=config.get("layernorm_epsilon", GLM4LanguageConfig.layernorm_epsilon),
+            rope_ratio=config.get("rope_ratio", GLM4LanguageConfig.rope_ratio),
+            # SAT's own GLM4VModel rotates halves (its FastRotaryEmbedding is not interleaved): a model_config.json
+            # without the key means that.
+            rope_layout=config.get("rope_layout", "rotate_half"),
+            max_sequence_length=config.get("max_sequence_length", GLM4LanguageConfig.max_sequence_length),
+        )
+        result = cls(
+            language=language,
+            vision=EVAConfig.from_model_config(config["eva_args"]),
+            scaling_factor=config.get("scaling_factor", cls.scaling_factor),
+            eos_token_ids=tuple(_as_list(config.get("eos_token_id", list(cls.eos_token_ids)))),
+            pad_token_id=config.get("pad_token_id", cls.pad_token_id),
+            boi_token_id=config.get("boi_token_id", cls.boi_token_id),
+            eoi_token_id=config.get("eoi_token_id", cls.eoi_token_id),
+            model_class=config.get("model_class", cls.model_class),
+            extra={k: v for k, v in config.items() if k not in _GLM4V_MODELLED_KEYS},
+        )
+        image_length = config.get("image_length", result.image_length)
+        if image_length != result.image_length:
+            raise ValueError(f"model_config.json: image_length {image_length} does not match the EVA2-CLIP grid "
+                             f"after the 2x2 conv ({result.conv_grid}^2 = {result.image_length})")
+        return result
+
+    @classmethod
+    def from_hf_config(cls, hf_config: dict[str, Any]) -> "GLM4VConfig":
+        """The configuration a Hugging Face glm-4v-9b / cogagent-9b-20241220 config.json describes."""
+        vision = hf_config["vision_config"]
+        fixed = [(key, hf_config.get(key, value), value) for key, value in GLM4V_HF_FIXED_FIELDS.items()]
+        fixed += [(f"vision_config.{key}", vision.get(key, value), value)
+                  for key, value in GLM4V_HF_VISION_FIXED_FIELDS.items()]
+        for key, found, published in fixed:
+            if found != published:
+                raise ValueError(f"config.json: {key} {found!r} is not GLM-4V's {published!r}")
+        language = GLM4LanguageConfig(
+            vocab_size=hf_config["padded_vocab_size"],
+            hidden_size=hf_config["hidden_size"],
+            num_layers=hf_config["num_layers"],
+            num_attention_heads=hf_config["num_attention_heads"],
+            head_dim=hf_config["kv_channels"],
+            num_kv_groups=hf_config["multi_query_group_num"] if hf_config.get("multi_query_attention") else
+            hf_config["num_attention_heads"],
+            inner_hidden_size=hf_config["ffn_hidden_size"],
+            layernorm_epsilon=hf_config["layernorm_epsilon"],
+            rope_ratio=hf_config.get("rope_ratio", 1.0),
+            rope_layout="interleaved" if hf_config.get("original_rope", True) else "rotate_half",
+            max_sequence_length=hf_config.get("seq_length", GLM4LanguageConfig.max_sequence_length),
+        )
+        num_patches = (vision["image_size"] // vision["patch_size"]) ** 2
+        if vision.get("num_positions", num_patches + 1) != num_patches + 1:
+            raise ValueError(f"vision_config.num_positions {vision['num_positions']} is not the {num_patches} "
+                             f"patches + CLS of a {vision['image_size']} px image")
+        eva = EVAConfig(hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"],
+                        num_attention_heads=vision["num_heads"], inner_hidden_size=vision["intermediate_size"],
+                        image_size=vision["image_size"], patch_size=vision["patch_size"],
+                        in_channels=vision.get("in_channels", 3),
+                        layernorm_epsilon=vision.get("layer_norm_eps", EVAConfig.layernorm_epsilon))
+        return cls(language=language, vision=eva, scaling_factor=vision.get("scaling_factor", cls.scaling_factor),
+                   eos_token_ids=tuple(_as_list(hf_config.get("eos_token_id", list(cls.eos_token_ids)))),
+                   pad_token_id=hf_config.get("pad_token_id", cls.pad_token_id),
+                   boi_token_id=hf_config.get("boi_token_id", cls.boi_token_id),
+                   eoi_token_id=hf_config.get("eoi_token_id", cls.eoi_token_id))
+
+
+    def to_hf_config(self, torch_dtype: str = "bfloat16") -> dict[str, Any]:
+        """The Hugging Face config.json of this model, with the published remote-code fields."""
+        lang, vision = self.language, self.vision
+        config = {
+            "model_type": "chatglm",
+            "architectures": ["ChatGLMModel"],
+            "auto_map": dict(GLM4V_HF_AUTO_MAP),
+            "vision_config": {
+                **GLM4V_HF_VISION_FIXED_FIELDS,
+                "in_channels": vision.in_channels, "num_hidden_layers": vision.num_layers,
+                "hidden_size": vision.hidden_size, "patch_size": vision.patch_size,
+                "num_heads": vision.num_attention_heads, "intermediate_size": vision.inner_hidden_size,
+                "layer_norm_eps": vision.layernorm_epsilon, "num_positions": vision.num_patches + vision.pre_len,
+                "image_size": vision.image_size, "scaling_factor": self.scaling_factor,
+            },
+            **GLM4V_HF_FIXED_FIELDS,
+            "ffn_hidden_size": lang.inner_hidden_size, "hidden_size": lang.hidden_size, "kv_channels": lang.head_dim,
+            "layernorm_epsilon": lang.layernorm_epsilon, "multi_query_attention": True,
+            "multi_query_group_num": lang.num_kv_groups, "num_attention_heads": lang.num_attention_heads,
+            "num_layers": lang.num_layers, "original_rope": lang.rope_layout == "interleaved",
+            "padded_vocab_size": lang.vocab_size, "seq_length": lang.max_sequence_length,
+            "torch_dtype": torch_dtype, "eos_token_id": list(self.eos_token_ids), "pad_token_id": self.pad_token_id,
+            "boi_token_id": self.boi_token_id, "eoi_token_id": self.eoi_token_id,
+        }
+        if lang.rope_ratio != 1.0:
+            config["rope_ratio"] = lang.rope_ratio
+        return config
+
+
+# config.json fields of the published remote code that this implementation does not vary: their published values.
+GLM4V_HF_FIXED_FIELDS = {
+    "add_bias_linear": False, "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
+    "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0, "attention_softmax_in_fp32": True,
+    "attn_implementation": "sdpa", "bias_dropout_fusion": True, "fp32_residual_connection": False,
+    "hidden_dropout": 0.0, "post_layer_norm": True, "rmsnorm": True, "use_cache": True,
+    "transformers_version": "4.44.0", "tie_word_embeddings": False,
+}
+GLM4V_HF_VISION_FIXED_FIELDS = {"dropout_prob": 0.0, "hidden_act": "gelu"}
+GLM4V_HF_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
+
+_GLM4V_MODELLED_KEYS = {
+    "model_class", "num_layers", "hidden_size", "num_attention_heads", "hidden_size_per_attention_head",
+    "num_multi_query_heads", "vocab_size", "inner_hidden_size", "layernorm_epsilon", "layernorm_order", "use_bias",
+    "use_qkv_bias", "model_parallel_size", "max_sequence_length", "image_length", "eva_args", "proj_hidden_size",
+    "rope_layout", "rope_ratio", "scaling_factor", "eos_token_id", "pad_token_id", "boi_token_id", "eoi_token_id",
+}
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+GLM4V_9B_CONFIG = GLM4VConfig()
+COGAGENT_9B_CONFIG = GLM4VConfig(language=GLM4LanguageConfig(rope_layout="rotate_half"))
+PUBLISHED_GLM4V_CONFIGS: dict[str, GLM4VConfig] = {
+    "glm-4v-9b": GLM4V_9B_CONFIG,
+    "cogagent-9b-20241220": COGAGENT_9B_CONFIG,
+}
+
+# The shape of the reference fixtures glm4v-tiny / cogagent9b-tiny (their config.json): every size shrunk but the
+# 151,552-id vocabulary, so that the real GLM-4 tokenizer applies.
+TINY_GLM4V_CONFIG = GLM4VConfig(
+    language=GLM4LanguageConfig(hidden_size=64, num_layers=2, num_attention_heads=4, head_dim=16, num_kv_groups=2,
+                                inner_hidden_size=96),
+    vision=EVAConfig(hidden_size=32, num_layers=2, num_attention_heads=2, inner_hidden_size=48, image_size=112),
+)
+TINY_COGAGENT_9B_CONFIG = TINY_GLM4V_CONFIG.replace(
+    language=replace(TINY_GLM4V_CONFIG.language, rope_layout="rotate_half"))

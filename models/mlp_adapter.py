@@ -40,9 +40,15 @@ class ImageEmbedding(BaseMixin):
         hidden = config.language.hidden_size
         self.image_length = config.image_length
         self.encoder = EVA2CLIPEncoder(config.vision, params_dtype)
-        self.adapter = GLU(config.vision.hidden_size, hidden, config.language.inner_hidden_size).to(params_dtype)
+        self.adapter = GLU(self.adapter_in_features(config), hidden,
+                           config.language.inner_hidden_size).to(params_dtype)
         self.boi = nn.Parameter(torch.zeros(1, 1, hidden, dtype=params_dtype))
         self.eoi = nn.Parameter(torch.zeros(1, 1, hidden, dtype=params_dtype))
+
+    @staticmethod
+    def adapter_in_features(config) -> int:
+        """Width of what the adapter maps: the encoder's patch features."""
+        return config.vision.hidden_size
 
     def adapter_input(self, images: ImageInputs) -> torch.Tensor:
         """Encoder features the adapter maps, (B_img, image_length, vision hidden)."""

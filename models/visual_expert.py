@@ -74,19 +74,21 @@ def padding_attention_mask(key_padding: torch.Tensor | None, past_length: int, n
     return causal & key_padding[:, None, None, :] | itself                                          # (B, 1, T, S)
 
 
-def causal_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+def causal_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None = None,
+                     enable_gqa: bool = False) -> torch.Tensor:
     """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
 
-    `padding_mask` is padding_attention_mask's (B, 1, T, S), when some keys are padding."""
+    `padding_mask` is padding_attention_mask's (B, 1, T, S), when some keys are padding. With `enable_gqa`, key and
+    value hold fewer heads (K/V groups), each shared by a contiguous run of query heads."""
     if padding_mask is not None:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=padding_mask)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=padding_mask, enable_gqa=enable_gqa)
     new_tokens, total = query.shape[2], key.shape[2]
     if new_tokens == 1:                 # one decode step sees every cached position
-        return F.scaled_dot_product_attention(query, key, value)
+        return F.scaled_dot_product_attention(query, key, value, enable_gqa=enable_gqa)
     if past_length == 0:                # prefill
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=enable_gqa)
     mask = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device).tril(past_length)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=enable_gqa)
 
 
 def _expert_linears(config: CogVLMConfig, make: Callable[[], nn.Module]) -> nn.ModuleDict:

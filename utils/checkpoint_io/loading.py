@@ -38,6 +38,8 @@ MODEL_CLASSES = {
     "CogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
     "FineTuneTrainCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
     "FineTuneTestCogAgentModel": ("cogvlm.models.cogagent", "CogAgentModel", "cogvlm.models.config", "CogAgentConfig"),
+    # GLM-4V-9B and CogAgent-9B-20241220 (the config's rope_layout tells them apart)
+    "GLM4VModel": ("cogvlm.models.glm4v", "GLM4VModel", "cogvlm.models.config", "GLM4VConfig"),
 }
 
 

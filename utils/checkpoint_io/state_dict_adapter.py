@@ -32,9 +32,21 @@ COGAGENT_KEY_PREFIXES = COGVLM_KEY_PREFIXES + (
     ("mixins.encoder.", "mixins.cross_vision."),
 )
 
+# GLM-4V-9B / CogAgent-9B: the names of SAT 0.4.12's official GLM4VModel (its "chatglm-final" head, "attn" rotary
+# mixin and "mlp" SwiGLU mixin, whose `w2` is the up projection).
+GLM4V_KEY_PREFIXES = (
+    ("mixins.eva.vit_model.", "mixins.image.encoder."),
+    ("mixins.eva.linear_proj.", "mixins.image.adapter."),
+    ("mixins.eva.", "mixins.image."),
+    ("mixins.chatglm-final.", "mixins.lm."),
+    ("mixins.attn.", "mixins.rotary_attention."),
+    ("mixins.mlp.w2.", "mixins.swiglu.up_proj."),
+)
+
 KEY_PREFIXES = {
     "CogVLMModel": COGVLM_KEY_PREFIXES,
     "CogAgentModel": COGAGENT_KEY_PREFIXES,
+    "GLM4VModel": GLM4V_KEY_PREFIXES,
 }
 
 Rules = tuple[tuple[str, str], ...]

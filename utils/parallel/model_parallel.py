@@ -11,9 +11,13 @@ here is everything else:
     check_divisible(config, size)    a clear error for a size that does not divide the model
 
 Column-parallel weights split their output rows; a strided one (QKV with stride 3, cross K/V with stride 2)
-splits each of its stride blocks and concatenates the rank's pieces, as SAT does. Row-parallel weights split
-their input columns (biases stay whole); a vocab-parallel embedding splits its rows. Everything else is whole on
-every rank. LoRA tensors (SAT's lora2: `<linear>.original.*`, `matrix_A.i`, `matrix_B.i`) follow their linear.
+splits each of its stride blocks and concatenates the rank's pieces, as SAT does. Grouped-query QKV (GLM-4V-9B:
+[q heads | k groups | v groups]) has blocks of unequal sizes, in proportion to SAT's list stride; each rank takes
+its share of the query heads and of the K/V groups, so the model-parallel size must divide the number of K/V groups
+(2 at 9B: sizes 1 and 2; 4 and 8 are refused by check_divisible rather than replicating K/V heads). Row-parallel
+weights split their input columns (biases stay whole); a vocab-parallel embedding splits its rows. Everything
+else is whole on every rank. LoRA tensors (SAT's lora2: `<linear>.original.*`, `matrix_A.i`, `matrix_B.i`) follow
+their linear.
 """
 from __future__ import annotations
 
@@ -29,7 +33,14 @@ SAT_DEFAULT_SEED = 1234        # what SAT's BaseModel seeds with when it sets up
 @dataclass(frozen=True)
 class Split:
     dim: int
-    stride: int = 1
+    stride: int | tuple[int, ...] = 1      # equal blocks, or blocks in these proportions (grouped-query QKV)
+
+    def blocks(self, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The stride blocks of `tensor` along `dim`, each split across the ranks on its own."""
+        if isinstance(self.stride, int):
+            return tensor.chunk(self.stride, dim=self.dim)
+        unit = tensor.shape[self.dim] // sum(self.stride)
+        return tensor.split([unit * part for part in self.stride], dim=self.dim)
 
 
 def initialize(model_parallel_size: int) -> None:
@@ -66,9 +77,7 @@ def split_plan(model) -> dict[str, Split]:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, ColumnParallelLinear):
-            stride = module.stride
-            if not isinstance(stride, int):
-                raise NotImplementedError(f"{name}: multi-query strides are not supported")
+            stride = module.stride if isinstance(module.stride, int) else tuple(module.stride)
             plan[prefix + "weight"] = plan[prefix + "bias"] = Split(0, stride)
         elif isinstance(module, RowParallelLinear):
             plan[prefix + "weight"] = Split(1)
@@ -100,7 +109,7 @@ def split_of(key: str, plan: dict[str, Split]) -> Split | None:
 
 
 def _split(tensor: torch.Tensor, split: Split, rank: int, size: int) -> torch.Tensor:
-    blocks = tensor.chunk(split.stride, dim=split.dim)
+    blocks = split.blocks(tensor)
     return torch.cat([block.chunk(size, dim=split.dim)[rank] for block in blocks], dim=split.dim).clone()
 
 
@@ -123,9 +132,9 @@ def merge(shards: list[dict[str, torch.Tensor]], plan: dict[str, Split]) -> dict
         if split is None:
             out[key] = tensor
             continue
-        pieces = [s[key].chunk(split.stride, dim=split.dim) for s in shards]              # [rank][block]
+        pieces = [split.blocks(s[key]) for s in shards]                                    # [rank][block]
         out[key] = torch.cat([torch.cat([p[block] for p in pieces], dim=split.dim)
-                              for block in range(split.stride)], dim=split.dim)
+                              for block in range(len(pieces[0]))], dim=split.dim)
     return out
 
 
@@ -138,6 +147,8 @@ def check_divisible(config, size: int) -> None:
              "MLP inner size": lang.inner_hidden_size,
              "EVA2-CLIP-E heads": config.vision.num_attention_heads,
              "EVA2-CLIP-E MLP inner size": config.vision.inner_hidden_size}
+    if hasattr(lang, "num_kv_groups"):      # grouped-query attention: each rank holds whole K/V groups
+        sizes["K/V groups"] = lang.num_kv_groups
     if lang.vocab_size >= 1000:             # SAT splits the embedding only from this size on (nn.Embedding below)
         sizes["vocabulary"] = lang.vocab_size
     bad = [f"{name} {value}" for name, value in sizes.items() if value % size]
