@@ -27,6 +27,7 @@ from cogvlm.utils.inference.chat import TextStream
 # Idle ranks wait in a broadcast; rank 0 sends an empty turn this often, so that no collective times out while
 # the server has nothing to do.
 IDLE_TURN_SECONDS = 5.0
+END_REASONS = ("stop", "length", "cancelled", "error", "failure")
 
 
 # --- commands, the same on every rank ------------------------------------------------------------------------------
@@ -130,9 +131,8 @@ class AnswerText:
         return self.stopped
 
     def _release(self, final: bool) -> str:
-        end = len(self.text.rstrip())
-        if not final:
-            end = min(end, len(self.text) - self.holdback)
+        safe = self.text if final else self.text[:max(len(self.text) - self.holdback, 0)]
+        end = len(safe.rstrip())        # whitespace goes out only with what follows it
         if end <= self.sent:
             return ""
         piece, self.sent = self.text[self.sent:end], end
@@ -152,6 +152,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     completion_tokens: int = 0
     done: bool = False
+    reason: str | None = None           # how it ended, once done
 
     def post(self, item: Piece | Finished) -> None:
         try:
@@ -165,7 +166,7 @@ class Job:
         rest = self.answer.finish() if reason != "failure" else ""
         if rest:
             self.post(Piece(rest))
-        self.done = True
+        self.done, self.reason = True, reason
         self.post(Finished(reason, self.answer.answer, self.completion_tokens, error))
 
 
@@ -176,9 +177,14 @@ class Stats:
     busy_slots: int = 0
     queued: int = 0
     in_flight: int = 0              # reserved places: running, waiting, or in the inbox
+    # requests ended since the start, by how: stop, length, cancelled (their client went away), error, failure
+    ended: dict[str, int] = field(default_factory=lambda: dict.fromkeys(END_REASONS, 0))
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "ended": dict(self.ended)}
+
+    def count_end(self, reason: str) -> None:
+        self.ended[reason] += 1         # the keys are fixed: /health may copy the dict while this runs
 
 
 class EngineLoop:
@@ -253,6 +259,7 @@ class EngineLoop:
         except Exception as problem:    # a failure inside the model: answer every request, then refuse new ones
             self.failure = problem
             for job in self.jobs.values():
+                self.stats.count_end("failure")
                 job.finish("failure", f"the model failed: {' '.join(str(problem).split())}")
             if _world_size() > 1:       # the other ranks wait in this turn's collectives: end them all (torchrun)
                 traceback.print_exc()
@@ -265,8 +272,9 @@ class EngineLoop:
             if job is None:
                 continue
             if event.finished:
-                reason = "error" if event.finish_reason == "error" else event.finish_reason
-                job.finish(reason, event.error)
+                # A job a stop sequence ended is cancelled in the scheduler: it ended with "stop".
+                self.stats.count_end(job.reason if job.done else event.finish_reason)
+                job.finish(event.finish_reason, event.error)
                 del self.jobs[event.request_id]
                 self._release()
                 continue

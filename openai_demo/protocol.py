@@ -107,19 +107,26 @@ class ChatCompletionRequest(_Lenient):
         return tuple(stops)
 
 
+# Pydantic names the member of a union it tried in the error location ("str", "list[...]"): not a field name.
+_UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def _location(loc: tuple) -> str:
-    """('messages', 0, 'content') -> 'messages[0].content'."""
+    """('messages', 0, 'content') -> 'messages[0].content', without pydantic's union member names."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part != "body" and "[" not in part and part not in _UNION_MEMBERS:
+            text += f".{part}" if text else part
     return text
 
 
 def validation_error(errors: list[dict]) -> ApiError:
-    """Pydantic / FastAPI validation errors -> one ApiError naming the first problem (and how many others)."""
-    first = errors[0]
-    loc = tuple(part for part in first.get("loc", ()) if part != "body")
-    where = _location(loc)
+    """Pydantic / FastAPI validation errors -> one ApiError naming the deepest problem (of a union's members,
+    the one that got furthest) and how many others there were."""
+    first = max(errors, key=lambda error: len(_location(tuple(error.get("loc", ())))))
+    where = _location(tuple(first.get("loc", ())))
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     message = " ".join(str(first.get("msg", "invalid value")).split())
     return ApiError(400, f"{where}: {message}{more}" if where else f"{message}{more}", where or None,
@@ -171,8 +178,8 @@ def conversation(request: ChatCompletionRequest) -> Conversation:
             continue
         expected = "user" if len(turns) % 2 == 0 else "assistant"
         if message.role != expected:
-            raise ApiError(400, f"messages[{index}] is a {message.role} message where a {expected} message was "
-                                f"expected: after system messages, user and assistant messages alternate, starting "
+            raise ApiError(400, f"messages[{index}] has role {message.role!r} where {expected!r} was expected: "
+                                f"after system messages, user and assistant messages alternate, starting "
                                 f"and ending with a user message", "messages")
         turns.append((message.role, text))
     if not turns or turns[-1][0] != "user":
