@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import signal
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -77,9 +78,13 @@ def _apply(scheduler, commands: list) -> bool:
 
 
 def follow(chat, num_slots: int, max_length: int, capacity: int) -> None:
-    """A rank > 0 under torchrun: step the batches rank 0 decides, until it shuts down."""
+    """A rank > 0 under torchrun: step the batches rank 0 decides, until it shuts down.
+
+    Ctrl-C (which torchrun and a terminal send to every rank) is left to rank 0: it stops its HTTP server and
+    broadcasts the shutdown, so that no rank leaves another waiting in a collective."""
     from cogvlm.utils.inference.engine import Scheduler
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     scheduler = Scheduler(chat.model, num_slots, max_length, max_queue=capacity)
     while _apply(scheduler, _broadcast(None)):
         if scheduler.busy:

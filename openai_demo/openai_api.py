@@ -93,8 +93,7 @@ def serve(args: argparse.Namespace, chat, console) -> None:
         engine.stop()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     from cogvlm.basic_demo.cli_demo_sat import Console, load_chat
     from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
 
@@ -109,6 +108,16 @@ def main(argv=None) -> int:
     console.note(message("version", version=chat.version))
     serve(args, chat, console)
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:           # Ctrl-C while loading (uvicorn handles it once serving)
+        from cogvlm.basic_demo.cli_demo_sat import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
