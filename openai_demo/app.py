@@ -1,8 +1,8 @@
 """The HTTP routes: POST /v1/chat/completions, GET /v1/models, GET /health.
 
 Every error is OpenAI's JSON shape (protocol.ApiError): bad input is a 4xx with one line saying what is wrong,
-a full queue a 429 with Retry-After, a dead engine a 503; FastAPI's own validation and routing errors are
-reworded into the same shape. A client that disconnects cancels its request, which frees its slot.
+a full queue a 429 with Retry-After, a failure inside the model a 500; FastAPI's own validation and routing
+errors are reworded into the same shape. A client that disconnects cancels its request, which frees its slot.
 """
 from __future__ import annotations
 
@@ -56,9 +56,7 @@ def create_app(engine: EngineLoop, options: ServerOptions) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        status = "failed" if engine.failure is not None else "ok"
-        return JSONResponse({"status": status, "model": options.model_name, **engine.stats.as_dict()},
-                            status_code=503 if engine.failure is not None else 200)
+        return {"status": "ok", "model": options.model_name, **engine.stats.as_dict()}
 
     @app.get("/v1/models")
     async def models():
@@ -69,9 +67,6 @@ def create_app(engine: EngineLoop, options: ServerOptions) -> FastAPI:
     async def chat_completions(request: Request):
         body = parse_request(await request.body())
         prepared = await run_in_threadpool(prepare, engine.chat, body, options)
-        if engine.failure is not None:
-            raise ApiError(503, "the model failed and this server no longer answers; restart it",
-                           code="engine_failed")
         if not engine.try_reserve():
             raise ApiError(429, f"the server is busy: {engine.capacity} requests are running or waiting; retry "
                                 f"later", code="queue_full", kind="rate_limit_error",

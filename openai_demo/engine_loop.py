@@ -201,7 +201,6 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._reserved = 0
         self.stats = Stats(num_slots, self.capacity)
-        self.failure: BaseException | None = None  # set when the loop died (then the server answers 503)
         self._thread: threading.Thread | None = None
 
     # --- the HTTP side (any thread) ----------------------------------------------------------------------------
@@ -251,27 +250,37 @@ class EngineLoop:
         except queue.Empty:
             return commands
 
-    def _run(self) -> None:
+    def _new_scheduler(self):
         from cogvlm.utils.inference.engine import Scheduler
 
-        scheduler = Scheduler(self.chat.model, self.num_slots, self.max_length, max_queue=self.capacity)
-        try:
-            while _apply(scheduler, _broadcast(self._take_commands(wait=not scheduler.busy))):
-                if scheduler.busy:
-                    self._deliver(scheduler, scheduler.step())
-                self.stats.busy_slots = sum(row is not None for row in scheduler.slots)
-                self.stats.queued = len(scheduler.queue)
-        except Exception as problem:    # a failure inside the model: answer every request, then refuse new ones
-            self.failure = problem
-            for job in self.jobs.values():
-                self.stats.count_end("failure")
-                job.finish("failure", f"the model failed: {' '.join(str(problem).split())}")
-            if _world_size() > 1:       # the other ranks wait in this turn's collectives: end them all (torchrun)
-                traceback.print_exc()
-                os._exit(1)
-            raise
+        return Scheduler(self.chat.model, self.num_slots, self.max_length, max_queue=self.capacity)
 
-    def _deliver(self, scheduler, events) -> None:
+    def _run(self) -> None:
+        scheduler = self._new_scheduler()
+        while True:
+            try:
+                if not _apply(scheduler, _broadcast(self._take_commands(wait=not scheduler.busy))):
+                    return
+                if scheduler.busy:
+                    self._deliver(scheduler.step())
+            except Exception as problem:    # a failure inside the model (inputs were checked before)
+                if _world_size() > 1:       # the other ranks may wait in this turn's collectives: end them all
+                    traceback.print_exc()
+                    os._exit(1)
+                # As the CLI goes on after one, answer the requests it hit with a 500 and start over.
+                self._fail_all(f"the model failed: {' '.join(str(problem).split()) or type(problem).__name__}")
+                scheduler = self._new_scheduler()
+            self.stats.busy_slots = sum(row is not None for row in scheduler.slots)
+            self.stats.queued = len(scheduler.queue)
+
+    def _fail_all(self, error: str) -> None:
+        for job in self.jobs.values():
+            self.stats.count_end(job.reason if job.done else "failure")
+            job.finish("failure", error)
+            self._release()
+        self.jobs.clear()
+
+    def _deliver(self, events) -> None:
         for event in events:
             job = self.jobs.get(event.request_id)
             if job is None:

@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def health(base_url: str) -> dict:
-    """GET /health as a dict (a 503's body too)."""
+    """GET /health as a dict (an error status's JSON body too)."""
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=10) as response:
             return json.load(response)

@@ -52,8 +52,8 @@ def main(argv=None) -> int:
             return 0
         response = client.chat.completions.create(model="cogvlm", messages=messages, max_tokens=args.max_tokens)
     except openai.APIStatusError as problem:      # the server's 4xx / 5xx: its one-line message
-        print(f"Error: {problem.status_code}: {problem.body.get('message') if isinstance(problem.body, dict) else problem}",
-              file=sys.stderr)
+        detail = problem.body.get("message") if isinstance(problem.body, dict) else problem.message
+        print(f"Error: {problem.status_code}: {detail}", file=sys.stderr)
         return 1
     except openai.APIConnectionError:
         print(f"Error: no server answers at {args.base_url}", file=sys.stderr)

@@ -6,6 +6,7 @@ The captcha model's answers are known: it reads the text of each example image (
 that answer (tested here for 3640.png)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import http.server
@@ -40,7 +41,8 @@ def data_url(path: Path) -> str:
 def ask(image: Path | str | None = None, query: str = QUERY) -> list[dict]:
     content = [{"type": "text", "text": query}]
     if image is not None:
-        content.append({"type": "image_url", "image_url": {"url": image if isinstance(image, str) else data_url(image)}})
+        url = image if isinstance(image, str) else data_url(image)
+        content.append({"type": "image_url", "image_url": {"url": url}})
     return [{"role": "user", "content": content}]
 
 
@@ -457,3 +459,48 @@ def test_under_torchrun_rank_0_serves_and_both_ranks_step(tmp_path, monkeypatch)
             together = [message.content for message in pool.map(answer, [IMAGES[0], None, IMAGES[0]])]
     assert alone == [mp1_greedy_answer(checkpoint, tokenizer, image, 6) for image in (IMAGES[0], None)]
     assert together == [alone[0], alone[1], alone[0]]
+
+
+# --- the engine loop without HTTP ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def captcha_chat():
+    from cogvlm.utils.inference.chat import ChatModel
+
+    return ChatModel.from_pretrained(REPO_ROOT / "checkpoints" / "captcha-tiny")
+
+
+def test_a_failure_inside_the_model_answers_its_requests_and_the_loop_goes_on(captcha_chat, monkeypatch):
+    from cogvlm.openai_demo.engine_loop import EngineLoop, Finished
+    from cogvlm.utils.inference.engine import Request, Scheduler
+    from cogvlm.utils.inference.generation import SamplingConfig
+
+    prompt = captcha_chat.prompt(QUERY, [], captcha_chat.prepare_image(str(EXAMPLES / "3640.png")))
+    real_step = Scheduler.step
+    failures = iter([True])
+
+    def step_failing_once(self):
+        if next(failures, False):
+            raise RuntimeError("out of memory\nin a kernel")
+        return real_step(self)
+
+    monkeypatch.setattr(Scheduler, "step", step_failing_once)
+    engine = EngineLoop(captcha_chat, num_slots=2, max_length=256, max_queue=2)
+    engine.start()
+
+    async def answer(request_id: str) -> Finished:
+        assert engine.try_reserve()
+        job = engine.submit(Request(prompt, SamplingConfig(max_length=256), (captcha_chat.tokenizer.eos_token_id,),
+                                    request_id), ())
+        while not isinstance(item := await job.events.get(), Finished):
+            pass
+        return item
+
+    try:
+        failed = asyncio.run(answer("first"))
+        assert (failed.reason, failed.error) == ("failure", "the model failed: out of memory in a kernel")
+        served = asyncio.run(answer("second"))
+        assert (served.reason, served.text) == ("stop", "3640")
+    finally:
+        engine.stop()
+    assert engine.stats.ended["failure"] == 1 and engine.stats.in_flight == 0
