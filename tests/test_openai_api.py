@@ -177,6 +177,22 @@ def test_models_and_health(server):
     assert state["status"] == "ok" and state["num_slots"] == 4 and state["capacity"] == 4 + 32
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_client_example_prints_the_answer(server, stream):
+    command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
+               f"{server}/v1", "--image", str(EXAMPLES / "3640.png"), "--query", QUERY, *(["--stream"] * stream)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert (result.returncode, result.stdout) == (0, "3640\n"), result.stderr[-2000:]
+
+
+def test_the_client_example_prints_the_servers_error_in_one_line(server):
+    command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
+               f"{server}/v1", "--image", "data:image/png;base64,AAAA"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert result.returncode == 1
+    assert result.stderr == "Error: 400: image_url: not a supported image file: the data: URL image\n"
+
+
 # --- capacity and cancellation ---------------------------------------------------------------------------------------
 
 def open_long_stream(base_url: str):
