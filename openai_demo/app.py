@@ -21,6 +21,9 @@ from .images import ImagePolicy, load_request_image
 from .protocol import (ApiError, ChatCompletionRequest, boxes_field, chunk, completion, conversation, error_body,
                        new_completion_id, parse_request, sse, usage, validation_error)
 
+# Below this, dividing the logits by the temperature overflows float32 (inf, then NaN probabilities): greedy instead,
+# as the published demo's do_sample threshold.
+MIN_SAMPLING_TEMPERATURE = 1e-5
 RETRY_AFTER_SECONDS = 1         # a slot frees as soon as any answer ends; clients back off further themselves
 
 
@@ -123,12 +126,13 @@ def sampling_of(body: ChatCompletionRequest, prompt_tokens: int, image_tokens: i
         raise ApiError(400, f"the prompt is {prompt_tokens} tokens ({image_tokens} of them for the image): it leaves "
                             f"no room for an answer in this server's context of {context} tokens (--max_length)",
                        "messages", "context_length_exceeded")
-    max_tokens = body.max_tokens if body.max_tokens is not None else context - prompt_tokens
+    max_tokens = body.answer_limit if body.answer_limit is not None else context - prompt_tokens
     if prompt_tokens + max_tokens > context:
         raise ApiError(400, f"max_tokens {max_tokens} and the prompt's {prompt_tokens} tokens exceed this server's "
                             f"context of {context} tokens; ask for at most {context - prompt_tokens}", "max_tokens",
                        "context_length_exceeded")
-    return SamplingConfig(max_length=prompt_tokens + max_tokens, temperature=body.temperature or 0.0,
+    temperature = body.temperature if body.temperature and body.temperature >= MIN_SAMPLING_TEMPERATURE else 0.0
+    return SamplingConfig(max_length=prompt_tokens + max_tokens, temperature=temperature,
                           top_k=body.top_k, top_p=body.top_p or 1.0, repetition_penalty=body.repetition_penalty,
                           seed=body.seed)
 

@@ -85,10 +85,11 @@ class ChatCompletionRequest(_Lenient):
     model: str | None = None            # one model is served: any name is accepted
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)      # OpenAI's newer name for max_tokens
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)      # int64, as OpenAI's
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per request")
@@ -97,6 +98,11 @@ class ChatCompletionRequest(_Lenient):
     repetition_penalty: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)
     ignore_eos: bool = False
+
+    @property
+    def answer_limit(self) -> int | None:
+        """max_tokens, or its newer name."""
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
 
     def stop_sequences(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())

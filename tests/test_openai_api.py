@@ -127,6 +127,9 @@ def test_usage_counts_the_prompt_and_the_answer(server):
                            extra_body={"ignore_eos": True})
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens == 3
+    newer_name = chat.create(model="m", messages=ask(EXAMPLES / "3640.png"), max_completion_tokens=2,
+                             extra_body={"ignore_eos": True})
+    assert newer_name.usage.completion_tokens == 2
     assert response.usage.total_tokens == response.usage.prompt_tokens + 3
     longer = chat.create(model="m", messages=ask(EXAMPLES / "3640.png", QUERY + " Read it carefully."), max_tokens=1)
     assert longer.usage.prompt_tokens > response.usage.prompt_tokens
@@ -150,6 +153,12 @@ def test_a_seed_makes_sampling_repeatable(server):
 
     first = sample(7)
     assert sample(7) == first
+
+
+def test_a_vanishing_temperature_is_greedy(server):
+    response = client(server).chat.completions.create(model="m", messages=ask(EXAMPLES / "3640.png"),
+                                                      temperature=1e-40)
+    assert response.choices[0].message.content == "3640"
 
 
 def test_history_is_part_of_the_prompt(server):
@@ -291,6 +300,7 @@ BAD_INPUTS = {
     "an image in an assistant message": ({"messages": [{"role": "user", "content": "a"}, {
         "role": "assistant", "content": [{"type": "image_url", "image_url": {"url": data_url(IMAGES[0])}}]},
         *ask(IMAGES[0])]}, 400, "only user messages may hold images"),
+    "a seed beyond int64": ({"messages": ask(IMAGES[0]), "seed": 2**64}, 400, "seed"),
     "too many stop sequences": ({"messages": ask(IMAGES[0]), "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
 }
 
