@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--requests and --concurrency must be at least 1, --max_seconds positive")
 
     import openai
-
     from cogvlm.openai_demo.local_server import running_server
 
     server_args = ["--from_pretrained", args.from_pretrained, "--num_slots", str(max(args.concurrency)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +31,7 @@ RETRY_AFTER_SECONDS = 1         # a slot frees as soon as any answer ends; clien
 class ServerOptions:
     model_name: str
     max_length: int                 # prompt + answer tokens of one request (the engine's cache per slot)
-    images: ImagePolicy = ImagePolicy()
+    images: ImagePolicy = field(default_factory=ImagePolicy)
     allow_text_only: bool = False   # as the CLI, a question needs an image unless this is set
 
 

@@ -20,8 +20,8 @@ import queue
 import signal
 import threading
 import traceback
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 from cogvlm.utils.inference.chat import TextStream
 

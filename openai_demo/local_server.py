@@ -16,8 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 SCRIPT = Path(__file__).resolve().parent / "openai_api.py"
 HEALTH_POLL_SECONDS = 0.2

@@ -75,7 +75,6 @@ def serve(args: argparse.Namespace, chat, console) -> None:
         follow(chat, args.num_slots, args.max_length, args.num_slots + args.max_queue)
         return
     import uvicorn
-
     from cogvlm.openai_demo.app import ServerOptions, create_app
     from cogvlm.openai_demo.images import ImagePolicy
 

@@ -24,7 +24,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,7 +69,7 @@ class ImagePart(_Lenient):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(_Lenient):
@@ -95,7 +95,7 @@ class ChatCompletionRequest(_Lenient):
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     # Extensions (not OpenAI's): the published demo's repetition penalty, a top-k cut when sampling, and
     # ignore_eos (as vLLM's) to generate max_tokens whatever the model says (load tests).
-    repetition_penalty: float = Field(1.0, gt=0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100)     # bounded: logits stay finite when divided
     top_k: int = Field(0, ge=0)
     ignore_eos: bool = False
 

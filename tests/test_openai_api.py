@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import HANG_TIMEOUT
-
 from cogvlm.openai_demo.local_server import health, running_server
+from conftest import HANG_TIMEOUT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "checkpoints" / "captcha-tiny" / "examples"

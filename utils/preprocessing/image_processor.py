@@ -10,8 +10,8 @@ import io
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urljoin
 
 import torch
