@@ -74,7 +74,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def small_server():
-    with running_server("--num_slots", "1", "--max_queue", "1", "--max_length", str(CONTEXT),
+    with running_server("--num_slots", "1", "--max_queue", "1", "--max_length", str(CONTEXT), "--allow_image_urls",
                         timeout=HANG_TIMEOUT) as base_url:
         yield base_url
 
@@ -432,6 +432,13 @@ def test_image_urls_at_private_addresses_are_refused_unless_allowed(image_site):
         assert refused.value.status == 400 and "loopback, private or link-local" in refused.value.message
         assert load_request_image(url, ImagePolicy(allow_urls=True, allow_private_urls=True)).size == \
             load_request_image(data_url(EXAMPLES / "3640.png"), ImagePolicy()).size
+
+
+def test_with_allow_image_urls_a_loopback_url_is_still_refused(small_server, image_site):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(small_server).chat.completions.create(model="m", messages=ask(f"{image_site}/image.png"))
+    assert "loopback, private or link-local" in refused.value.body["message"]
+    assert "--allow_private_image_urls" in refused.value.body["message"]
 
 
 def test_link_local_addresses_are_refused_and_public_ones_pass():
