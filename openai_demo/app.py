@@ -16,6 +16,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cogvlm.utils.inference.engine import Request as EngineRequest
+from cogvlm.utils.inference.generation import SamplingConfig
+from cogvlm.utils.inference.messages import describe
+
 from .engine_loop import EngineLoop, Finished, Piece
 from .images import ImagePolicy, load_request_image
 from .protocol import (ApiError, ChatCompletionRequest, boxes_field, chunk, completion, conversation, error_body,
@@ -69,11 +73,11 @@ def create_app(engine: EngineLoop, options: ServerOptions) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = parse_request(await request.body())
+        if engine.full:                 # spare reading the image of a request that cannot be queued
+            raise busy(engine)
         prepared = await run_in_threadpool(prepare, engine.chat, body, options)
         if not engine.try_reserve():
-            raise ApiError(429, f"the server is busy: {engine.capacity} requests are running or waiting; retry "
-                                f"later", code="queue_full", kind="rate_limit_error",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise busy(engine)
         job = engine.submit(prepared.request, prepared.stops)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -87,9 +91,14 @@ def create_app(engine: EngineLoop, options: ServerOptions) -> FastAPI:
     return app
 
 
+def busy(engine: EngineLoop) -> ApiError:
+    return ApiError(429, f"the server is busy: {engine.capacity} requests are running or waiting; retry later",
+                    code="queue_full", kind="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 @dataclass(frozen=True)
 class Prepared:
-    request: object                 # engine.Request
+    request: EngineRequest
     stops: tuple[str, ...]
     prompt_tokens: int
 
@@ -97,9 +106,6 @@ class Prepared:
 def prepare(chat, body: ChatCompletionRequest, options: ServerOptions) -> Prepared:
     """The engine request of a chat completion (image read and preprocessed, prompt built and checked against
     the context): ApiError for bad input. Runs in a worker thread: reading an image takes a while."""
-    from cogvlm.utils.inference.engine import Request as EngineRequest
-    from cogvlm.utils.inference.messages import describe
-
     talk = conversation(body)
     stops = body.stop_sequences()
     if talk.image_url is None and not options.allow_text_only:
@@ -117,11 +123,9 @@ def prepare(chat, body: ChatCompletionRequest, options: ServerOptions) -> Prepar
     return Prepared(EngineRequest(prompt, sampling, stop_ids, new_completion_id()), stops, len(prompt))
 
 
-def sampling_of(body: ChatCompletionRequest, prompt_tokens: int, image_tokens: int, context: int):
+def sampling_of(body: ChatCompletionRequest, prompt_tokens: int, image_tokens: int, context: int) -> SamplingConfig:
     """The request's SamplingConfig. temperature 0 (the default, as the CLI's greedy default) picks the most likely
     token; above 0 it samples with top_p (default 1) and the top_k extension (default 0: off)."""
-    from cogvlm.utils.inference.generation import SamplingConfig
-
     if prompt_tokens >= context:
         raise ApiError(400, f"the prompt is {prompt_tokens} tokens ({image_tokens} of them for the image): it leaves "
                             f"no room for an answer in this server's context of {context} tokens (--max_length)",

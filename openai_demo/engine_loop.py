@@ -205,6 +205,10 @@ class EngineLoop:
 
     # --- the HTTP side (any thread) ----------------------------------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        return self._reserved >= self.capacity
+
     def try_reserve(self) -> bool:
         """Take a place for a request; False when num_slots + max_queue are taken (answer 429)."""
         with self._lock:
