@@ -100,7 +100,7 @@ class Piece:
 
 @dataclass(frozen=True)
 class Finished:
-    reason: str                     # stop, length, error (the request's input), failure (the server)
+    reason: str                     # stop, length, cancelled, error (the request's input), failure (the model)
     text: str                       # the whole answer
     completion_tokens: int
     error: str | None = None
