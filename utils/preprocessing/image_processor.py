@@ -10,7 +10,9 @@ import io
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urljoin
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -28,6 +30,7 @@ QUOTE_CHARS = "'\""
 DOWNLOAD_BUDGET_SECONDS = 60.0
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 _READ_SIZE = 64 * 1024
+MAX_REDIRECTS = 5                   # followed when a URL check is given (see load_image)
 
 # Pillow modes holding 16-bit grey levels (Pillow reads 16-bit greyscale PNGs as I;16 or, in older versions, I).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -141,14 +144,23 @@ def _read_body(response, url: str, budget: float, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-def _download(url: str, timeout: float, budget: float, max_bytes: int) -> io.BytesIO:
+def _download(url: str, timeout: float, budget: float, max_bytes: int,
+              check_url: Callable[[str], None] | None = None) -> io.BytesIO:
     import requests  # deferred: ~0.2 s of import time that local files never need
     import urllib3
 
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
-            response.raise_for_status()
-            return io.BytesIO(_read_body(response, url, budget, max_bytes))
+        for _ in range(MAX_REDIRECTS + 1):
+            if check_url is not None:
+                check_url(url)
+            # With a check, redirects are followed here so that each target is checked before it is fetched.
+            with requests.get(url, timeout=timeout, stream=True, allow_redirects=check_url is None) as response:
+                if check_url is not None and response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                response.raise_for_status()
+                return io.BytesIO(_read_body(response, url, budget, max_bytes))
+        raise ImageLoadError(f"could not download image {url}: more than {MAX_REDIRECTS} redirects")
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "error"
         reason = exc.response.reason if exc.response is not None else ""
@@ -162,18 +174,19 @@ def _download(url: str, timeout: float, budget: float, max_bytes: int) -> io.Byt
 
 
 def load_image(source: str, timeout: float = 10.0, budget: float = DOWNLOAD_BUDGET_SECONDS,
-               max_bytes: int = MAX_DOWNLOAD_BYTES) -> Image.Image:
+               max_bytes: int = MAX_DOWNLOAD_BYTES, check_url: Callable[[str], None] | None = None) -> Image.Image:
     """Open a local image file or an http(s) URL as an RGB ``PIL.Image`` (see ``to_rgb``).
 
     A URL gets `timeout` seconds per read, `budget` seconds and `max_bytes` bytes in all. Every failure (missing
     file, directory, non-image, truncated data, unsupported mode, network or HTTP error, too slow or too large)
-    raises ImageLoadError with a one-line message.
+    raises ImageLoadError with a one-line message. `check_url`, when given, sees the URL and every redirect target
+    before it is fetched, and raises ImageLoadError to refuse one (a server's address policy).
     """
     source = _clean_source(str(source))
     if not source:
         raise ImageLoadError("no image path or URL given")
     if source.lower().startswith(URL_SCHEMES):
-        return _decode(_download(source, timeout, budget, max_bytes), source)
+        return _decode(_download(source, timeout, budget, max_bytes, check_url), source)
     path = Path(source).expanduser()
     if not path.exists():
         raise ImageLoadError(f"image file not found: {path}")
@@ -184,6 +197,12 @@ def load_image(source: str, timeout: float = 10.0, budget: float = DOWNLOAD_BUDG
     except OSError as exc:
         raise ImageLoadError(f"cannot read image file {path}: {exc.strerror or _one_line(exc)}") from exc
     return _decode(data, str(path))
+
+
+def decode_image(data: bytes, source: str) -> Image.Image:
+    """Image file bytes already in memory (an upload, a data: URL) -> RGB image; `source` names them in errors.
+    Fails as load_image does (ImageLoadError)."""
+    return _decode(io.BytesIO(data), source)
 
 
 class ImageProcessor:
