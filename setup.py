@@ -12,11 +12,13 @@ SUBPACKAGES = [
     "utils.training",
     "utils.grounding",
     "utils.agent",
+    "utils.quantization",
     "basic_demo",
     "finetune_demo",
+    "openai_demo",
 ]
 
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "openai>=1", "httpx"]
 WEB = ["gradio>=5"]
 
 setup(
@@ -67,6 +69,7 @@ setup(
         "cogvlm-merge-model = cogvlm.utils.merge_model:main",
         "cogvlm-convert-hf-checkpoint = cogvlm.utils.convert_hf_checkpoint:main",
         "cogvlm-split-dataset = cogvlm.utils.split_dataset:main",
+        "cogvlm-openai-api = cogvlm.openai_demo.openai_api:main",
         "cogvlm-agent = cogvlm.basic_demo.agent_demo:main",
         "cogvlm-agent-parse = cogvlm.basic_demo.agent_parse:main",
     ]},

@@ -128,3 +128,15 @@ def test_exact_pins_live_in_the_constraints_file_and_setup_keeps_ranges():
     requirements = metadata.requires(DISTRIBUTION)
     assert not [r for r in requirements if "==" in r.split(";")[0]]
     assert "constraints.txt" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def test_setup_lists_every_subpackage():
+    """A folder with an __init__.py that setup.py leaves out is missing from a regular (non-editable) install."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    listed = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SUBPACKAGES")
+    skipped = {"tests", "checkpoints", "build", ".git"}
+    found = {".".join(init.parent.relative_to(REPO_ROOT).parts) for init in REPO_ROOT.rglob("__init__.py")
+             if init.parent != REPO_ROOT and not skipped & set(init.relative_to(REPO_ROOT).parts)
+             and not any(part.endswith(".egg-info") for part in init.parts)}
+    assert found == set(listed)
