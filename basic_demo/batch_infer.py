@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
 from cogvlm.utils.quantization.options import add_quant_arguments
@@ -381,6 +381,9 @@ def job_items(args) -> list[Item]:
             note(f"Skipped {len(others)} file(s) that are not images by their extension: {shown}")
     else:
         items = input_items(Path(args.input), args.query)
+    if not items:
+        raise JobError(f"--images {args.images}: no images there" if args.images is not None
+                       else f"--input {args.input}: no lines")
     kept, repeats = unique(items)
     if repeats:
         note(f"Skipped {repeats} repeated (image, query) pair(s) of the input")
@@ -421,7 +424,7 @@ def sampling_of(args):
 
 
 def run(args) -> int:
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         error("batch_infer.py runs in one process; model parallel (torchrun) is not supported")
         return 1
     output = Path(args.output)

@@ -160,6 +160,10 @@ def test_bad_folders_and_output_files_are_one_line_errors(batch_infer, capsys, t
     status, _, err = run(batch_infer, capsys, "--images", tmp_path / "nowhere", "--query", QUERY,
                          "--output", tmp_path / "out.jsonl")
     assert status == 1 and error_lines(err) == [f"--images {tmp_path / 'nowhere'}: not a folder"]
+    (tmp_path / "empty").mkdir()
+    status, _, err = run(batch_infer, capsys, "--images", tmp_path / "empty", "--query", QUERY,
+                         "--output", tmp_path / "out.jsonl")
+    assert status == 1 and error_lines(err) == [f"--images {tmp_path / 'empty'}: no images there"]
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text('{"image": "a.png", "query": "q", "answer": "a"}\nsome notes\n{"image": "b.png"}\n')
     status, _, err = run(batch_infer, capsys, "--images", examples(tmp_path / "images"), "--query", QUERY,
@@ -183,6 +187,17 @@ def test_help_imports_nothing_heavy():
     result, modules = imported_modules(str(SCRIPT), "--help")
     assert result.returncode == 0 and "--batch_size" in result.stdout and "--retry_errors" in result.stdout
     assert not heavy_roots(modules)
+
+
+def test_a_folder_lists_its_images_by_extension_and_subfolders_only_when_recursive(batch_infer, tmp_path):
+    for name in ("b.PNG", "a.jpg", "notes.txt", ".hidden.png", "sub/c.webp", ".cache/d.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")                  # listing goes by name; reading comes later
+    items, others = batch_infer.folder_items(tmp_path, "q")
+    assert [item.image for item in items] == ["a.jpg", "b.PNG"] and others == ["notes.txt"]
+    assert items[0] == batch_infer.Item("a.jpg", str(tmp_path / "a.jpg"), "q")
+    items, _ = batch_infer.folder_items(tmp_path, "q", recursive=True)
+    assert [item.image for item in items] == ["a.jpg", "b.PNG", "sub/c.webp"]
 
 
 def test_an_answer_with_boxes_carries_them(batch_infer):
