@@ -35,9 +35,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator, Sequence
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
 from cogvlm.utils.quantization.options import add_quant_arguments
