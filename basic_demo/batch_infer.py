@@ -24,7 +24,8 @@ loaded when a slot frees. The answers do not depend on --batch_size. A progress 
 (images/s, generated tokens/s, counted from the first image loaded to the last line written) goes to stdout.
 
 Exit status: 0 when every item has a line (some may be errors); 1 after a start-up error (flags, input file,
-checkpoint); 130 after Ctrl-C (run the command again to go on).
+checkpoint) or a failure inside the model; 130 after Ctrl-C (run the command again to go on). One run at a time
+per output file.
 """
 from __future__ import annotations
 
@@ -461,6 +462,13 @@ def run_job(chat, todo: list[Item], args, writer: LineWriter, output: Path) -> i
             note(f"Interrupted: {job.totals.answered} answered, {job.totals.failed} failed in this run, all in "
                  f"{output}; run the same command again to go on")
             return EXIT_INTERRUPTED
+        except RuntimeError as problem:             # inside the model: every request in flight is lost with it
+            from cogvlm.utils.inference.messages import describe
+
+            progress.close()
+            error(f"{describe(problem)} ({job.totals.answered} answered, {job.totals.failed} failed in this run are "
+                  f"in {output}; run the same command again to go on)")
+            return 1
     print(f"{throughput(totals)}; lines in {output}")
     return 0
 

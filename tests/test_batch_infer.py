@@ -171,6 +171,22 @@ def test_bad_folders_and_output_files_are_one_line_errors(batch_infer, capsys, t
     assert status == 1 and len(error_lines(err)) == 1 and "line 2 is not a line this script writes" in err
 
 
+def test_a_failure_inside_the_model_is_a_one_line_error(batch_infer, capsys, tmp_path, monkeypatch):
+    from cogvlm.utils.inference.chat import ChatModel
+
+    def failing(self, requests, num_slots, max_length):
+        next(iter(requests))
+        raise RuntimeError("a kernel failed\non two lines")
+        yield
+
+    monkeypatch.setattr(ChatModel, "stream_requests", failing)
+    status, _, err = run(batch_infer, capsys, "--images", examples(tmp_path / "images"), "--query", QUERY,
+                         "--output", tmp_path / "out.jsonl")
+    assert status == 1 and "Traceback" not in err
+    assert error_lines(err) == [f"a kernel failed on two lines (0 answered, 0 failed in this run are in "
+                                f"{tmp_path / 'out.jsonl'}; run the same command again to go on)"]
+
+
 @pytest.mark.parametrize("argv", [["--images", "d", "--input", "i.jsonl", "--query", "q", "--output", "o"],
                                   ["--images", "d", "--output", "o"],
                                   ["--images", "d", "--query", "q"],
