@@ -36,7 +36,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,9 +299,9 @@ class Job:
     """Feeds the items to ChatModel.stream_requests, each image loaded when a slot frees, and writes a line for
     each as it finishes."""
 
-    def __init__(self, chat, sampling, writer: LineWriter, progress, report_error):
+    def __init__(self, chat, sampling, writer: LineWriter, progress, report_error: Callable[[Item, str], None]):
         self.chat, self.sampling, self.writer, self.progress = chat, sampling, writer, progress
-        self.report_error = report_error            # (item, one-line message) -> None
+        self.report_error = report_error            # called with each failed item and its one-line error
         self.in_flight: dict[int, Item] = {}        # request index -> its item
         self.texts: dict[int, str] = {}
         self.totals = Totals()
@@ -468,6 +468,10 @@ def run_job(chat, todo: list[Item], args, writer: LineWriter, output: Path) -> i
             progress.close()
             error(f"{describe(problem)} ({job.totals.answered} answered, {job.totals.failed} failed in this run are "
                   f"in {output}; run the same command again to go on)")
+            return 1
+        except OSError as problem:                  # a full disk, a lost network share
+            progress.close()
+            error(f"cannot write --output {output}: {problem.strerror or problem}")
             return 1
     print(f"{throughput(totals)}; lines in {output}")
     return 0
