@@ -188,6 +188,8 @@ def read_previous(output: Path, retry_errors: bool) -> Previous:
     previous = Previous()
     if not output.exists():
         return previous
+    if not output.is_file():
+        raise JobError(f"--output {output}: not a regular file")
     try:
         data = output.read_bytes()
     except OSError as problem:

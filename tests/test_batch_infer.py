@@ -183,8 +183,21 @@ def test_a_failure_inside_the_model_is_a_one_line_error(batch_infer, capsys, tmp
     status, _, err = run(batch_infer, capsys, "--images", examples(tmp_path / "images"), "--query", QUERY,
                          "--output", tmp_path / "out.jsonl")
     assert status == 1 and "Traceback" not in err
-    assert error_lines(err) == [f"a kernel failed on two lines (0 answered, 0 failed in this run are in "
-                                f"{tmp_path / 'out.jsonl'}; run the same command again to go on)"]
+    assert error_lines(err) == [(f"a kernel failed on two lines (0 answered, 0 failed in this run are in "
+                                 f"{tmp_path / 'out.jsonl'}; run the same command again to go on)")]
+
+
+def test_a_write_error_is_a_one_line_error(batch_infer, capsys, tmp_path, monkeypatch):
+    def full(self, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch_infer.LineWriter, "write", full)
+    status, _, err = run(batch_infer, capsys, "--images", examples(tmp_path / "images"), "--query", QUERY,
+                         "--output", tmp_path / "out.jsonl")
+    assert status == 1 and "Traceback" not in err
+    assert error_lines(err) == [f"cannot write --output {tmp_path / 'out.jsonl'}: No space left on device"]
+    status, _, err = run(batch_infer, capsys, "--images", tmp_path / "images", "--query", QUERY, "--output", "/dev/null")
+    assert status == 1 and error_lines(err) == ["--output /dev/null: not a regular file"]
 
 
 @pytest.mark.parametrize("argv", [["--images", "d", "--input", "i.jsonl", "--query", "q", "--output", "o"],
