@@ -308,3 +308,46 @@ def test_stream_batch_streams_each_answer_and_a_bad_request_fails_alone(chat, im
     assert all("\n" not in ends[i].error for i in (1, 2)) and pieces[1] == pieces[2] == []
     answers = chat.answer_batch(requests)
     assert answers[0].text == answers[3].text == greedy_answer("chat_old_count") and answers[1].text == ""
+
+
+# --- stream_requests ------------------------------------------------------------------------------------------
+
+
+def test_stream_requests_takes_the_next_request_as_soon_as_a_slot_frees(chat, image):
+    """Two slots: a one-token request and a longer one go in; the third is taken when the first ends, before the
+    second ends (no waiting for a whole batch), and never more than two are in the engine."""
+    case = _CASES["cases"]["chat_old_count"]
+    long = ChatRequest(case["query"], (), image, SamplingConfig(max_length=case["generation"]["max_length"]))
+    one_token = dataclasses.replace(long, sampling=SamplingConfig(max_length=len(chat.prompt(case["query"], (),
+                                                                                             image)) + 1))
+    requests = [one_token, long, long, ChatRequest("   ", (), image), long]
+    log, in_engine, most = [], set(), 0
+
+    def taken():
+        nonlocal most
+        for index, request in enumerate(requests):
+            log.append(("take", index))
+            in_engine.add(index)
+            most = max(most, len(in_engine))
+            yield request
+
+    texts, reasons = {}, {}
+    for event in chat.stream_requests(taken(), num_slots=2, max_length=case["generation"]["max_length"]):
+        texts[event.index] = texts.get(event.index, "") + event.text
+        if event.finish_reason is not None:
+            log.append(("end", event.index))
+            reasons[event.index] = event.finish_reason
+            in_engine.discard(event.index)
+    assert log.index(("end", 0)) < log.index(("take", 2)) < log.index(("end", 1))
+    assert most == 2
+    assert reasons[0] == "length" and len(texts[0].strip()) == 1
+    assert [texts[i].strip() for i in (1, 2, 4)] == [greedy_answer("chat_old_count")] * 3
+    assert reasons[3] == "error" and texts[3] == ""           # the empty query ended alone
+
+
+def test_stream_requests_refuses_a_request_longer_than_its_cache_rows(chat, image):
+    case = _CASES["cases"]["chat_old_count"]
+    request = ChatRequest(case["query"], (), image, SamplingConfig(max_length=case["generation"]["max_length"]))
+    events = list(chat.stream_requests(iter([request]), num_slots=1,
+                                       max_length=case["generation"]["max_length"] - 1))
+    assert [e.finish_reason for e in events] == ["error"] and "exceeds" in events[0].error

@@ -2,19 +2,20 @@
 
 What the CLI (and any other front end) talks to: `ChatModel.from_pretrained(...)`, then `prepare_image(...)` once
 per image and `stream(...)` / `answer(...)` per query, or `stream_batch(...)` / `answer_batch(...)` for many queries
-generated together (utils/inference/engine.py).
+generated together (utils/inference/engine.py), or `stream_requests(...)` for a long stream of them taken as slots
+free up (basic_demo/batch_infer.py).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from cogvlm.models.inputs import ImageInputs, ModelInputs
-from cogvlm.utils.inference.engine import FinishReason, Request, generate_batch
+from cogvlm.utils.inference.engine import Event, FinishReason, Request, Scheduler, generate_batch
 from cogvlm.utils.inference.generation import SamplingConfig, generate
 from cogvlm.utils.preprocessing.image_processor import load_image
 from cogvlm.utils.preprocessing.processor import Processor
@@ -83,6 +84,7 @@ class AnswerEvent:
     text: str = ""
     finish_reason: FinishReason | None = None
     error: str | None = None
+    tokens: int = 0                             # at the end: how many tokens the answer took (throughput)
 
 
 @dataclass(frozen=True)
@@ -190,16 +192,39 @@ class ChatModel:
             prompts.append(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
         yield from failed
         for event in generate_batch(self.model, prompts, num_slots):
-            stream = streams[event.request_id]
-            if not event.finished:
-                piece = stream.push(event.token_id)
-                if piece:
-                    yield AnswerEvent(event.request_id, piece)
-                continue
-            rest = stream.flush()
-            if rest:
-                yield AnswerEvent(event.request_id, rest)
-            yield AnswerEvent(event.request_id, finish_reason=event.finish_reason, error=event.error)
+            yield from _answer_events(event, streams[event.request_id])
+
+    def stream_requests(self, requests: Iterable[ChatRequest], num_slots: int, max_length: int
+                        ) -> Iterator[AnswerEvent]:
+        """stream_batch for a long or endless iterable, read lazily: the next request is taken whenever fewer than
+        `num_slots` are in the engine, so at most `num_slots` prepared images are held at once (a folder of images
+        is loaded one by one as its turn comes). An event's `index` counts the requests in the order they were
+        taken. `max_length` sizes the engine's cache rows: a request whose sampling.max_length is larger ends
+        with an error."""
+        scheduler = Scheduler(self.model, num_slots, max_length, max_queue=num_slots)
+        streams: dict[int, TextStream] = {}         # the requests in the engine, by index
+        pending = enumerate(requests)
+        exhausted = False
+        while True:
+            while not exhausted and len(streams) < num_slots:
+                taken = next(pending, None)
+                if taken is None:
+                    exhausted = True
+                    break
+                index, request = taken
+                try:
+                    prompt = self.prompt(request.query, request.history, request.image)
+                except ValueError as problem:           # an empty query, a bad history: this request only
+                    yield AnswerEvent(index, finish_reason="error", error=str(problem))
+                    continue
+                streams[index] = TextStream(self.tokenizer)
+                scheduler.submit(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
+            if not scheduler.busy:
+                return
+            for event in scheduler.step():
+                yield from _answer_events(event, streams[event.request_id])
+                if event.finished:
+                    del streams[event.request_id]
 
     def answer_batch(self, requests: Sequence[ChatRequest], num_slots: int | None = None) -> list[Answer]:
         """The answers of `requests`, in their order (see stream_batch)."""
@@ -210,3 +235,18 @@ class ChatModel:
             if event.finish_reason is not None:
                 answers[event.index] = Answer(texts[event.index].strip(), event.finish_reason, event.error)
         return answers
+
+
+def _answer_events(event: Event, stream: TextStream) -> Iterator[AnswerEvent]:
+    """What an engine event adds to its request's answer: a piece of text (none while a character is incomplete),
+    or the rest of the text and the end."""
+    if not event.finished:
+        piece = stream.push(event.token_id)
+        if piece:
+            yield AnswerEvent(event.request_id, piece)
+        return
+    rest = stream.flush()
+    if rest:
+        yield AnswerEvent(event.request_id, rest)
+    yield AnswerEvent(event.request_id, finish_reason=event.finish_reason, error=event.error,
+                      tokens=len(stream.token_ids))
