@@ -69,6 +69,7 @@ setup(
         "cogvlm-merge-model = cogvlm.utils.merge_model:main",
         "cogvlm-convert-hf-checkpoint = cogvlm.utils.convert_hf_checkpoint:main",
         "cogvlm-split-dataset = cogvlm.utils.split_dataset:main",
+        "cogvlm-batch-infer = cogvlm.basic_demo.batch_infer:main",
         "cogvlm-openai-api = cogvlm.openai_demo.openai_api:main",
         "cogvlm-agent = cogvlm.basic_demo.agent_demo:main",
         "cogvlm-agent-parse = cogvlm.basic_demo.agent_parse:main",
