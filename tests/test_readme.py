@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def commands_with(fragment: str) -> list[str]:
 @pytest.fixture
 def scratch(tmp_path):
     """A folder that looks like a checkout (the scripts' folders linked in), with the tiny stand-ins."""
-    for name in ("basic_demo", "utils", "finetune_demo", "checkpoints"):
+    for name in ("basic_demo", "utils", "finetune_demo", "checkpoints", "openai_demo"):
         (tmp_path / name).symlink_to(REPO_ROOT / name)
     sat_home = tmp_path / "sat_home"
     shutil.copytree(CAPTCHA, sat_home / "cogvlm-chat-v1.1")
@@ -117,9 +118,47 @@ def test_the_python_example_runs_and_reads_the_captcha(scratch):
     assert result.stdout.strip().splitlines()[-1] == "0695"
 
 
+def test_the_openai_api_server_and_its_client_example(scratch):
+    from cogvlm.openai_demo.local_server import _wait_until_up, free_port
+    server = commands_with("openai_demo/openai_api.py")[0]
+    client = commands_with("openai_demo/openai_api_request.py")[0]
+    port = free_port()
+    for old, new in [("/data/vicuna-7b-v1.5", scratch["tokenizer"]), ("--port 8000", f"--port {port}")]:
+        assert old in server, (old, server)
+        server = server.replace(old, str(new))
+    env = {**os.environ, "SAT_HOME": str(scratch["sat_home"])}
+    process = subprocess.Popen(["bash", "-c", f"exec {server}"], cwd=scratch["dir"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_up(process, f"http://127.0.0.1:{port}", timeout=600)
+        result = run(client, scratch, substitutions=[("127.0.0.1:8000", f"127.0.0.1:{port}")])
+        assert result.stdout.strip().splitlines()[-1] == "3640"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_batch_jobs_over_a_folder_and_a_jobs_file(scratch):
+    out = scratch["dir"] / "answers.jsonl"
+    run(commands_with("batch_infer.py --images")[0], scratch)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {line["image"]: line["answer"] for line in lines} == {"0695.png": "0695", "3640.png": "3640",
+                                                                 "6631.png": "6631"}
+    out.unlink()
+    (scratch["dir"] / "jobs.jsonl").write_text(json.dumps({"image": "checkpoints/captcha-tiny/examples/3640.png",
+                                                           "query": "What text is written in the image?"}) + "\n")
+    run(commands_with("--input jobs.jsonl")[0], scratch,
+        substitutions=[("/data/vicuna-7b-v1.5", scratch["tokenizer"])])
+    assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == ["3640"]
+
+
 TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
                "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
-               "utils/merge_model.py")
+               "utils/merge_model.py", "openai_demo/openai_api.py", "openai_demo/openai_api_request.py",
+               "basic_demo/batch_infer.py")
 
 
 def test_every_readme_command_is_run_by_a_test():
