@@ -1,0 +1,374 @@
+"""Convert between a Hugging Face THUDM/glm-4v-9b or THUDM/cogagent-9b-20241220 folder and a SAT checkpoint.
+
+    python utils/convert_hf_checkpoint.py --hf HF_DIR --sat SAT_DIR            # Hugging Face -> SAT
+    python utils/convert_hf_checkpoint.py --hf HF_DIR --sat SAT_DIR --to-hf    # SAT -> Hugging Face
+
+(hf_conversion.py dispatches here when config.json is a ChatGLM config with a vision_config, or model_config.json
+names GLM4VModel.) The SAT layout is SAT 0.4.12's `sat.model.official.GLM4VModel` (ChatGLM4Model + ImageMixin):
+its state-dict names and shapes. The two layouts hold the same tensors under other names (GLM4V_KEYS), with one
+exception: HF fuses the SwiGLU input projection as rows [gate | up] of `mlp.dense_h_to_4h`, where SAT keeps the
+gate in `mlp.dense_h_to_4h` and the up projection in its SwiGLUMixin (`mixins.mlp.w2.N`). Nothing else is
+reshaped: QKV rows stay [q | k | v] head-major, and the rotary layout (interleaved for GLM-4V-9B, rotate-half for
+CogAgent-9B) is the model's `original_rope` setting, not a permutation of the weights.
+
+Strict: every tensor the config implies must be there with its shape (HF_SHAPES), nothing else may be. The one
+exception is the rotary `inv_freq` buffer, unused by the math: a folder without it gets it recomputed.
+
+config.json <-> model_config.json: the fields a SAT GLM4VModel reads become SAT arguments (eva_args for the
+vision tower, as CogVLM's); every other config.json field travels in model_config.json under HF_EXTRA_KEY, so
+HF -> SAT -> HF gives back the same config.json (the CogAgent-9B config.json is not public: nothing is assumed).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from cogvlm.utils.checkpoint_io import sat_layout
+from cogvlm.utils.checkpoint_io.sat_layout import HF_CONFIG_FILE, CheckpointError
+
+MODEL_CLASS = "GLM4VModel"
+HF_EXTRA_KEY = "hf_config"              # config.json fields with no SAT argument, kept for SAT -> HF
+SAT_TOKENIZER_TYPE = "glm4"             # how ChatModel knows the tokenizer and chat template family
+ROPE_BASE = 10000.0
+
+# config.json fields whose value the model's structure depends on: the only supported values.
+HF_REQUIRED_VALUES = {"rmsnorm": True, "post_layer_norm": True, "apply_residual_connection_post_layernorm": False,
+                      "add_bias_linear": False, "multi_query_attention": True, "tie_word_embeddings": False}
+# What config.json holds besides the modelled fields, when a SAT checkpoint carries no HF_EXTRA_KEY (one not
+# converted from HF): the published glm-4v-9b values.
+PUBLISHED_HF_EXTRA = {
+    "model_type": "chatglm",
+    "architectures": ["ChatGLMModel"],
+    "auto_map": {
+        "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+        "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+    },
+    **HF_REQUIRED_VALUES,
+    "apply_query_key_layer_scaling": True,
+    "attention_dropout": 0.0,
+    "attention_softmax_in_fp32": True,
+    "attn_implementation": "sdpa",
+    "bias_dropout_fusion": True,
+    "fp32_residual_connection": False,
+    "hidden_dropout": 0.0,
+    "use_cache": True,
+    "transformers_version": "4.44.0",
+    "vision_config": {"dropout_prob": 0.0, "hidden_act": "gelu"},
+}
+HF_DROPPED_KEYS = ("_name_or_path", "torch_dtype")      # where the folder came from; the weights' dtype
+
+
+def _linear(sat: str, hf: str, bias: bool = True) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{sat}.{leaf}", f"{hf}.{leaf}") for leaf in (("weight", "bias") if bias else ("weight",)))
+
+
+# (SAT 0.4.12 GLM4VModel key, HF key); {i} a decoder layer, {v} a vision layer. The vision tower is SAT's
+# EVA2CLIPModel under the ImageMixin "eva", named as in CogVLM (hf_conversion.COGVLM_KEYS).
+_EVA, _HF_VISION = "mixins.eva.vit_model.", "transformer.vision."
+GLM4V_KEYS: tuple[tuple[str, str], ...] = (
+    ("transformer.word_embeddings.weight", "transformer.embedding.word_embeddings.weight"),
+    ("mixins.attn.rotary_pos_emb.inv_freq", "transformer.rotary_pos_emb.inv_freq"),
+    ("transformer.layers.{i}.input_layernorm.weight", "transformer.encoder.layers.{i}.input_layernorm.weight"),
+    *_linear("transformer.layers.{i}.attention.query_key_value",
+             "transformer.encoder.layers.{i}.self_attention.query_key_value"),
+    ("transformer.layers.{i}.attention.dense.weight", "transformer.encoder.layers.{i}.self_attention.dense.weight"),
+    ("transformer.layers.{i}.post_attention_layernorm.weight",
+     "transformer.encoder.layers.{i}.post_attention_layernorm.weight"),
+    ("transformer.layers.{i}.mlp.dense_4h_to_h.weight", "transformer.encoder.layers.{i}.mlp.dense_4h_to_h.weight"),
+    ("transformer.final_layernorm.weight", "transformer.encoder.final_layernorm.weight"),
+    ("mixins.chatglm-final.lm_head.weight", "transformer.output_layer.weight"),
+    *_linear(_EVA + "mixins.patch_embedding.proj", _HF_VISION + "patch_embedding.proj"),
+    (_EVA + "transformer.word_embeddings.weight", _HF_VISION + "patch_embedding.cls_embedding"),
+    (_EVA + "transformer.position_embeddings.weight", _HF_VISION + "patch_embedding.position_embedding.weight"),
+    *(row for sat, hf in (("input_layernorm", "input_layernorm"),
+                          ("attention.query_key_value", "attention.query_key_value"),
+                          ("attention.dense", "attention.dense"),
+                          ("post_attention_layernorm", "post_attention_layernorm"),
+                          ("mlp.dense_h_to_4h", "mlp.fc1"), ("mlp.dense_4h_to_h", "mlp.fc2"))
+      for row in _linear(f"{_EVA}transformer.layers.{{v}}.{sat}", f"{_HF_VISION}transformer.layers.{{v}}.{hf}")),
+    ("mixins.eva.linear_proj.linear_proj.weight", _HF_VISION + "linear_proj.linear_proj.weight"),
+    *_linear("mixins.eva.linear_proj.norm1", _HF_VISION + "linear_proj.norm1"),
+    *((f"mixins.eva.linear_proj.{name}.weight", f"{_HF_VISION}linear_proj.{name}.weight")
+      for name in ("dense_h_to_4h", "gate_proj", "dense_4h_to_h")),
+    *_linear("mixins.eva.conv", _HF_VISION + "conv"),
+    ("mixins.eva.boi", _HF_VISION + "boi"),
+    ("mixins.eva.eoi", _HF_VISION + "eoi"),
+)
+# HF's fused SwiGLU input projection (rows [gate | up]) -> SAT's two halves (ChatGLM4Model's SwiGLUMixin).
+SWIGLU_HF = "transformer.encoder.layers.{i}.mlp.dense_h_to_4h.weight"
+SWIGLU_SAT = ("transformer.layers.{i}.mlp.dense_h_to_4h.weight", "mixins.mlp.w2.{i}.weight")
+INV_FREQ_HF, INV_FREQ_SAT = "transformer.rotary_pos_emb.inv_freq", "mixins.attn.rotary_pos_emb.inv_freq"
+
+
+class GLM4VConversionError(CheckpointError):
+    """A GLM-4V / CogAgent-9B folder or config that cannot be converted; the message says what is wrong."""
+
+
+def is_glm4v_hf_config(hf_config: dict) -> bool:
+    return hf_config.get("model_type") == "chatglm" and "vision_config" in hf_config
+
+
+def is_glm4v_model_config(model_config: dict) -> bool:
+    return model_config.get("model_class") == MODEL_CLASS
+
+
+# --- config ------------------------------------------------------------------------------------------------------
+
+def _rotary_dim(kv_channels: int) -> int:
+    """Rotary covers half of each head (HF RotaryEmbedding(kv_channels // 2)); inv_freq has half as many rows."""
+    return kv_channels // 2
+
+
+def model_config_from_hf(hf_config: dict) -> dict:
+    """model_config.json (SAT GLM4VModel arguments) for a config.json; unsupported values are an error."""
+    from cogvlm.models.config import EVAConfig
+
+    for key, value in HF_REQUIRED_VALUES.items():
+        if hf_config.get(key, value) != value:
+            raise GLM4VConversionError(f"{HF_CONFIG_FILE}: {key} {hf_config[key]!r} is not supported (GLM-4V-9B "
+                                       f"has {value!r})")
+    try:
+        vision = hf_config["vision_config"]
+        eva = EVAConfig(hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"],
+                        num_attention_heads=vision["num_heads"], inner_hidden_size=vision["intermediate_size"],
+                        image_size=vision["image_size"], patch_size=vision["patch_size"],
+                        in_channels=vision.get("in_channels", EVAConfig.in_channels),
+                        layernorm_epsilon=vision["layer_norm_eps"])
+        model_config = {
+            "model_class": MODEL_CLASS,
+            "tokenizer_type": SAT_TOKENIZER_TYPE,
+            "num_layers": hf_config["num_layers"],
+            "hidden_size": hf_config["hidden_size"],
+            "num_attention_heads": hf_config["num_attention_heads"],
+            "num_multi_query_heads": hf_config["multi_query_group_num"],
+            "hidden_size_per_attention_head": hf_config["kv_channels"],
+            "vocab_size": hf_config["padded_vocab_size"],
+            "inner_hidden_size": hf_config["ffn_hidden_size"],
+            "layernorm_epsilon": hf_config["layernorm_epsilon"],
+            "max_sequence_length": hf_config["seq_length"],
+            "layernorm_order": "pre",
+            "use_bias": False,
+            "use_qkv_bias": hf_config["add_qkv_bias"],
+            "original_rope": hf_config["original_rope"],
+            "rope_ratio": hf_config.get("rope_ratio", 1),
+            "model_parallel_size": 1,
+            "image_length": (vision["image_size"] // vision["patch_size"] // 2) ** 2,   # after the 2x2 conv
+            "proj_hidden_size": hf_config["hidden_size"],
+            "image_scaling_factor": vision["scaling_factor"],
+            "eva_args": eva.to_model_config(),
+            "eos_token_id": hf_config["eos_token_id"],
+            "pad_token_id": hf_config["pad_token_id"],
+            "boi_token_id": hf_config["boi_token_id"],
+            "eoi_token_id": hf_config["eoi_token_id"],
+        }
+    except KeyError as missing:
+        raise GLM4VConversionError(f"{HF_CONFIG_FILE} lacks {missing}: not a GLM-4V-9B / CogAgent-9B config") \
+            from None
+    if vision.get("num_positions", eva.pre_len + eva.num_patches) != eva.pre_len + eva.num_patches:
+        raise GLM4VConversionError(f"{HF_CONFIG_FILE}: vision_config num_positions {vision['num_positions']} is "
+                                   f"not the CLS token + {eva.num_patches} patches")
+    model_config[HF_EXTRA_KEY] = _unmodelled(hf_config)
+    return model_config
+
+
+# config.json fields model_config_from_hf turns into SAT arguments (top level, then vision_config).
+_MODELLED = {"num_layers", "hidden_size", "num_attention_heads", "multi_query_group_num", "kv_channels",
+             "padded_vocab_size", "ffn_hidden_size", "layernorm_epsilon", "seq_length", "add_qkv_bias",
+             "original_rope", "rope_ratio", "eos_token_id", "pad_token_id", "boi_token_id", "eoi_token_id",
+             "vision_config", *HF_DROPPED_KEYS}
+_MODELLED_VISION = {"hidden_size", "num_hidden_layers", "num_heads", "intermediate_size", "image_size",
+                    "patch_size", "in_channels", "layer_norm_eps", "num_positions", "scaling_factor"}
+
+
+def _unmodelled(hf_config: dict) -> dict:
+    extra = {key: value for key, value in hf_config.items() if key not in _MODELLED}
+    extra["vision_config"] = {key: value for key, value in hf_config["vision_config"].items()
+                              if key not in _MODELLED_VISION}
+    extra["has_rope_ratio"] = "rope_ratio" in hf_config
+    return extra
+
+
+def hf_config_from_model_config(model_config: dict, dtype: torch.dtype) -> dict:
+    """config.json for a SAT GLM4VModel checkpoint: the inverse of model_config_from_hf."""
+    from cogvlm.models.config import EVAConfig
+
+    extra = json.loads(json.dumps(model_config.get(HF_EXTRA_KEY, PUBLISHED_HF_EXTRA)))    # a deep copy
+    has_rope_ratio = extra.pop("has_rope_ratio", model_config.get("rope_ratio", 1) != 1)
+    try:
+        eva = EVAConfig.from_model_config(model_config["eva_args"])
+        hf = {
+            **extra,
+            "num_layers": model_config["num_layers"],
+            "hidden_size": model_config["hidden_size"],
+            "num_attention_heads": model_config["num_attention_heads"],
+            "multi_query_group_num": model_config["num_multi_query_heads"],
+            "kv_channels": model_config["hidden_size_per_attention_head"],
+            "padded_vocab_size": model_config["vocab_size"],
+            "ffn_hidden_size": model_config["inner_hidden_size"],
+            "layernorm_epsilon": model_config["layernorm_epsilon"],
+            "seq_length": model_config["max_sequence_length"],
+            "add_qkv_bias": model_config["use_qkv_bias"],
+            "original_rope": model_config["original_rope"],
+            "eos_token_id": model_config["eos_token_id"],
+            "pad_token_id": model_config["pad_token_id"],
+            "boi_token_id": model_config["boi_token_id"],
+            "eoi_token_id": model_config["eoi_token_id"],
+            "torch_dtype": str(dtype).removeprefix("torch."),
+            "vision_config": {
+                **extra.get("vision_config", {}),
+                "hidden_size": eva.hidden_size,
+                "num_hidden_layers": eva.num_layers,
+                "num_heads": eva.num_attention_heads,
+                "intermediate_size": eva.inner_hidden_size,
+                "image_size": eva.image_size,
+                "patch_size": eva.patch_size,
+                "in_channels": eva.in_channels,
+                "layer_norm_eps": eva.layernorm_epsilon,
+                "num_positions": eva.pre_len + eva.num_patches,
+                "scaling_factor": model_config["image_scaling_factor"],
+            },
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise GLM4VConversionError(f"{sat_layout.CONFIG_FILE}: {error!r} missing or invalid: not a GLM4VModel "
+                                   f"config") from None
+    if has_rope_ratio:
+        hf["rope_ratio"] = model_config.get("rope_ratio", 1)
+    return hf
+
+
+# --- names and shapes ----------------------------------------------------------------------------------------------
+
+def hf_shapes(hf_config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a HF GLM-4V-9B / CogAgent-9B folder with this config.json holds, with its shape."""
+    h, heads, kv = hf_config["hidden_size"], hf_config["num_attention_heads"], hf_config["kv_channels"]
+    groups, ffn, vocab = hf_config["multi_query_group_num"], hf_config["ffn_hidden_size"], \
+        hf_config["padded_vocab_size"]
+    vision = hf_config["vision_config"]
+    dv, fv, patch = vision["hidden_size"], vision["intermediate_size"], vision["patch_size"]
+    qkv = heads * kv + 2 * groups * kv
+    layer = {"input_layernorm.weight": (h,), "self_attention.query_key_value.weight": (qkv, h),
+             "self_attention.dense.weight": (h, heads * kv), "post_attention_layernorm.weight": (h,),
+             "mlp.dense_h_to_4h.weight": (2 * ffn, h), "mlp.dense_4h_to_h.weight": (h, ffn)}
+    if hf_config.get("add_qkv_bias"):
+        layer["self_attention.query_key_value.bias"] = (qkv,)
+    vision_layer = {"input_layernorm.weight": (dv,), "input_layernorm.bias": (dv,),
+                    "attention.query_key_value.weight": (3 * dv, dv), "attention.query_key_value.bias": (3 * dv,),
+                    "attention.dense.weight": (dv, dv), "attention.dense.bias": (dv,),
+                    "mlp.fc1.weight": (fv, dv), "mlp.fc1.bias": (fv,), "mlp.fc2.weight": (dv, fv),
+                    "mlp.fc2.bias": (dv,), "post_attention_layernorm.weight": (dv,),
+                    "post_attention_layernorm.bias": (dv,)}
+    num_positions = (vision["image_size"] // patch) ** 2 + 1
+    shapes = {
+        "transformer.embedding.word_embeddings.weight": (vocab, h),
+        INV_FREQ_HF: (_rotary_dim(kv) // 2,),
+        **{f"transformer.encoder.layers.{i}.{leaf}": shape
+           for i in range(hf_config["num_layers"]) for leaf, shape in layer.items()},
+        "transformer.encoder.final_layernorm.weight": (h,),
+        "transformer.output_layer.weight": (vocab, h),
+        _HF_VISION + "boi": (1, 1, h),
+        _HF_VISION + "eoi": (1, 1, h),
+        _HF_VISION + "patch_embedding.cls_embedding": (1, dv),
+        _HF_VISION + "patch_embedding.proj.weight": (dv, vision.get("in_channels", 3), patch, patch),
+        _HF_VISION + "patch_embedding.proj.bias": (dv,),
+        _HF_VISION + "patch_embedding.position_embedding.weight": (num_positions, dv),
+        **{f"{_HF_VISION}transformer.layers.{v}.{leaf}": shape
+           for v in range(vision["num_hidden_layers"]) for leaf, shape in vision_layer.items()},
+        _HF_VISION + "linear_proj.linear_proj.weight": (h, h),
+        _HF_VISION + "linear_proj.norm1.weight": (h,),
+        _HF_VISION + "linear_proj.norm1.bias": (h,),
+        _HF_VISION + "linear_proj.dense_h_to_4h.weight": (ffn, h),
+        _HF_VISION + "linear_proj.gate_proj.weight": (ffn, h),
+        _HF_VISION + "linear_proj.dense_4h_to_h.weight": (h, ffn),
+        _HF_VISION + "conv.weight": (h, dv, 2, 2),
+        _HF_VISION + "conv.bias": (h,),
+    }
+    return shapes
+
+
+def key_pairs(num_layers: int, num_vision_layers: int) -> list[tuple[str, str]]:
+    """Every (SAT key, HF key) pair of the renamed tensors (all but the fused SwiGLU projection)."""
+    ranges = {"i": range(num_layers), "v": range(num_vision_layers)}
+    pairs = []
+    for sat, hf in GLM4V_KEYS:
+        placeholder = re.search(r"{(\w)}", sat)
+        indices = ranges[placeholder.group(1)] if placeholder else [None]
+        pairs += [(sat, hf) if index is None else (sat.format(**{placeholder.group(1): index}),
+                                                   hf.format(**{placeholder.group(1): index}))
+                  for index in indices]
+    return pairs
+
+
+def hf_to_sat_state_dict(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int,
+                         ffn_hidden_size: int) -> dict[str, torch.Tensor]:
+    """HF names -> SAT names, consuming `hf`: each fused SwiGLU projection is split into SAT's gate and up halves
+    (copies, since torch.save would store a view's whole storage) and released, one layer at a time."""
+    for i in range(num_layers):
+        gate_key, up_key = (key.format(i=i) for key in SWIGLU_SAT)
+        gate, up = hf.pop(SWIGLU_HF.format(i=i)).split(ffn_hidden_size, dim=0)
+        hf[gate_key], hf[up_key] = gate.clone(), up.clone()
+    renamed = {s: hf.pop(h) for s, h in key_pairs(num_layers, num_vision_layers) if h in hf}
+    return {**renamed, **hf}        # the split halves, already under SAT names
+
+
+def sat_to_hf_state_dict(sat: dict[str, torch.Tensor], num_layers: int,
+                         num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """SAT names -> HF names; SAT's gate and up halves fused into HF's [gate | up] rows."""
+    hf = {h: sat[s] for s, h in key_pairs(num_layers, num_vision_layers) if s in sat}
+    for i in range(num_layers):
+        gate_key, up_key = (key.format(i=i) for key in SWIGLU_SAT)
+        hf[SWIGLU_HF.format(i=i)] = torch.cat([sat[gate_key], sat[up_key]], dim=0)
+    return hf
+
+
+def inv_freq(kv_channels: int, rope_ratio: float, dtype: torch.dtype) -> torch.Tensor:
+    """The rotary buffer both layouts store (and the math never reads), as the published RotaryEmbedding
+    computes it: 1 / base^(2j/d) over the rotary dims d, in fp32, then the checkpoint's dtype."""
+    dim = _rotary_dim(kv_channels)
+    base = ROPE_BASE * rope_ratio
+    return (1.0 / (base ** (torch.arange(0, dim, 2).to(torch.float32) / dim))).to(dtype)
+
+
+# --- whole checkpoints (hf_conversion.py reads and writes the files) ----------------------------------------------
+
+def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(model_config.json, SAT state dict) of a HF folder's config.json and tensors (read from `source`),
+    consuming `weights`; a missing, unexpected or mis-shaped tensor is an error listing them."""
+    model_config = model_config_from_hf(hf_config)
+    expected = {key: torch.empty(shape, device="meta") for key, shape in hf_shapes(hf_config).items()}
+    sat_layout.check_tensors(expected, weights, source, f"the {MODEL_CLASS} its {HF_CONFIG_FILE} describes",
+                             {INV_FREQ_HF}, GLM4VConversionError)
+    if INV_FREQ_HF not in weights:
+        weights[INV_FREQ_HF] = inv_freq(hf_config["kv_channels"], model_config["rope_ratio"],
+                                        weights["transformer.embedding.word_embeddings.weight"].dtype)
+    state_dict = hf_to_sat_state_dict(weights, hf_config["num_layers"],
+                                      hf_config["vision_config"]["num_hidden_layers"], hf_config["ffn_hidden_size"])
+    return model_config, state_dict
+
+
+def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, HF state dict) of a SAT GLM4VModel checkpoint's model_config.json and tensors (read from
+    `source`, an unsplit checkpoint)."""
+    if int(model_config.get("model_parallel_size", 1)) != 1:
+        raise GLM4VConversionError(f"{source} is split for model parallel size "
+                                   f"{model_config['model_parallel_size']}; convert an unsplit (size 1) checkpoint")
+    if any(".matrix_A." in key for key in state_dict):
+        raise GLM4VConversionError(f"{source} holds LoRA weights: fold them in first with python "
+                                   f"utils/merge_model.py")
+    embedding = state_dict.get("transformer.word_embeddings.weight")
+    dtype = embedding.dtype if embedding is not None else torch.float32
+    hf_config = hf_config_from_model_config(model_config, dtype)
+    layers, vision_layers = hf_config["num_layers"], hf_config["vision_config"]["num_hidden_layers"]
+    expected = hf_to_sat_state_dict({key: torch.empty(shape, device="meta")
+                                     for key, shape in hf_shapes(hf_config).items()},
+                                    layers, vision_layers, hf_config["ffn_hidden_size"])
+    sat_layout.check_tensors(expected, state_dict, source, f"the {MODEL_CLASS} its {sat_layout.CONFIG_FILE} "
+                             "describes", {INV_FREQ_SAT}, GLM4VConversionError)
+    if INV_FREQ_SAT not in state_dict:
+        state_dict = {**state_dict, INV_FREQ_SAT: inv_freq(hf_config["kv_channels"], model_config.get("rope_ratio", 1),
+                                                           dtype)}
+    return hf_config, sat_to_hf_state_dict(state_dict, layers, vision_layers)
