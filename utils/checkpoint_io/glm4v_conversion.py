@@ -27,10 +27,10 @@ import torch
 
 from cogvlm.utils.checkpoint_io import sat_layout
 from cogvlm.utils.checkpoint_io.sat_layout import HF_CONFIG_FILE, CheckpointError
+from cogvlm.utils.preprocessing.glm4_tokenizer import TOKENIZER_TYPE
 
 MODEL_CLASS = "GLM4VModel"
 HF_EXTRA_KEY = "hf_config"              # config.json fields with no SAT argument, kept for SAT -> HF
-SAT_TOKENIZER_TYPE = "glm4"             # how ChatModel knows the tokenizer and chat template family
 ROPE_BASE = 10000.0
 
 # config.json fields whose value the model's structure depends on: the only supported values.
@@ -141,7 +141,7 @@ def model_config_from_hf(hf_config: dict) -> dict:
                         layernorm_epsilon=vision["layer_norm_eps"])
         model_config = {
             "model_class": MODEL_CLASS,
-            "tokenizer_type": SAT_TOKENIZER_TYPE,
+            "tokenizer_type": TOKENIZER_TYPE,     # ChatModel: the GLM-4 tokenizer and template
             "num_layers": hf_config["num_layers"],
             "hidden_size": hf_config["hidden_size"],
             "num_attention_heads": hf_config["num_attention_heads"],

@@ -28,6 +28,9 @@ SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eo
 EOS_TOKEN = "<|endoftext|>"             # also the pad token, and the middle image placeholder
 # config.eos_token_id of glm-4v-9b: the end of text, and the start of a user or tool turn (the model's turn is over).
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+# model_config.json's tokenizer_type of a 9B checkpoint (utils/checkpoint_io/glm4v_conversion.py writes it).
+TOKENIZER_TYPE = "glm4"
+GLM4_MODEL_CLASSES = ("GLM4VModel",)
 # Where a suitable tokenizer can be found, for error messages.
 TOKENIZER_SOURCE_HINT = "THUDM/glm-4v-9b or THUDM/cogagent-9b-20241220"
 
@@ -36,6 +39,11 @@ def _not_found(path: Path, reason: str) -> TokenizerNotFoundError:
     return TokenizerNotFoundError(
         f"{reason}: '{path}'. The GLM-4 tiktoken '{TOKENIZER_FILENAME}' (from {TOKENIZER_SOURCE_HINT}) is needed; "
         f"pass the file or the folder holding it with --local_tokenizer PATH.")
+
+
+def is_glm4_checkpoint(model_config: dict) -> bool:
+    """Whether a checkpoint's model_config.json is of the GLM-4 family (its tokenizer and chat template)."""
+    return model_config.get("tokenizer_type") == TOKENIZER_TYPE or model_config.get("model_class") in GLM4_MODEL_CLASSES
 
 
 def read_ranks(model_file: Path) -> dict[bytes, int]:
