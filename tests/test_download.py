@@ -443,19 +443,18 @@ def _zipped_folder(folder: Path, name: str) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name, original_rope", [("glm-4v-9b", True), ("cogagent-9b-20241220", False)])
-def test_a_9b_name_comes_from_the_mirror_then_from_sat_home(server, home, tmp_path, monkeypatch, name,
-                                                           original_rope):
+@pytest.mark.parametrize("name, rope_layout", [("glm-4v-9b", "interleaved"), ("cogagent-9b-20241220", "rotate_half")])
+def test_a_9b_name_comes_from_the_mirror_then_from_sat_home(server, home, tmp_path, monkeypatch, name, rope_layout):
     from test_glm4v_conversion import write_hf_folder
     from cogvlm.utils.checkpoint_io.hf_conversion import main as convert
     from cogvlm.utils.checkpoint_io.loading import read_model_config, resolve_checkpoint_dir
 
-    write_hf_folder(tmp_path / "hf", "glm4v-tiny" if original_rope else "cogagent9b-tiny")
+    write_hf_folder(tmp_path / "hf", "glm4v-tiny" if rope_layout == "interleaved" else "cogagent9b-tiny")
     assert convert(["--hf", str(tmp_path / "hf"), "--sat", str(tmp_path / "converted")]) == 0
     server.body = _zipped_folder(tmp_path / "converted", name)
     monkeypatch.setenv("COGVLM_MIRROR", server.url)
     assert resolve_checkpoint_dir(name) == home / name
-    assert read_model_config(home / name)["original_rope"] is original_rope
+    assert read_model_config(home / name)["rope_layout"] == rope_layout
     monkeypatch.delenv("COGVLM_MIRROR")
     assert resolve_checkpoint_dir(name) == home / name          # installed: no second request, no mirror needed
     assert server.ranges == [None]

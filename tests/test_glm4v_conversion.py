@@ -107,19 +107,19 @@ def test_hf_to_sat_moves_each_tensor_and_splits_the_swiglu_projection(tmp_path):
         assert torch.equal(sat[sat_key], hf[hf_key]), sat_key
 
 
-@pytest.mark.parametrize("fixture, original_rope", [("glm4v-tiny", True), ("cogagent9b-tiny", False)])
-def test_model_config_carries_the_published_settings(tmp_path, fixture, original_rope):
+@pytest.mark.parametrize("fixture, rope_layout", [("glm4v-tiny", "interleaved"), ("cogagent9b-tiny", "rotate_half")])
+def test_model_config_carries_the_published_settings(tmp_path, fixture, rope_layout):
     write_hf_folder(tmp_path / "hf", fixture)
     convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")
     model_config = json.loads((tmp_path / "sat" / "model_config.json").read_text())
     # The fixture README's tiny configuration: 2 KV groups of 16 dims, 16 image tokens after the 2x2 conv.
     assert {key: model_config[key] for key in ("model_class", "num_layers", "hidden_size", "num_attention_heads",
                                                "num_multi_query_heads", "hidden_size_per_attention_head",
-                                               "inner_hidden_size", "vocab_size", "original_rope", "image_length",
-                                               "image_scaling_factor", "eos_token_id", "model_parallel_size")} == {
+                                               "inner_hidden_size", "vocab_size", "rope_layout", "image_length",
+                                               "scaling_factor", "eos_token_id", "model_parallel_size")} == {
         "model_class": "GLM4VModel", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
         "num_multi_query_heads": 2, "hidden_size_per_attention_head": 16, "inner_hidden_size": 96,
-        "vocab_size": SMALL_VOCAB, "original_rope": original_rope, "image_length": 16, "image_scaling_factor": 8,
+        "vocab_size": SMALL_VOCAB, "rope_layout": rope_layout, "image_length": 16, "scaling_factor": 8,
         "eos_token_id": [151329, 151336, 151338], "model_parallel_size": 1}
     assert model_config["eva_args"]["image_size"] == [112, 112]
     assert model_config["layernorm_epsilon"] == 1.5625e-07

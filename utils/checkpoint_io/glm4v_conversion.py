@@ -5,11 +5,11 @@
 
 (hf_conversion.py dispatches here when config.json is a ChatGLM config with a vision_config, or model_config.json
 names GLM4VModel.) The SAT layout is SAT 0.4.12's `sat.model.official.GLM4VModel` (ChatGLM4Model + ImageMixin):
-its state-dict names and shapes. The two layouts hold the same tensors under other names (GLM4V_KEYS), with one
-exception: HF fuses the SwiGLU input projection as rows [gate | up] of `mlp.dense_h_to_4h`, where SAT keeps the
-gate in `mlp.dense_h_to_4h` and the up projection in its SwiGLUMixin (`mixins.mlp.w2.N`). Nothing else is
-reshaped: QKV rows stay [q | k | v] head-major, and the rotary layout (interleaved for GLM-4V-9B, rotate-half for
-CogAgent-9B) is the model's `original_rope` setting, not a permutation of the weights.
+its state-dict names and shapes. The name table is glm4v_names.py (the model's): the same tensors under other
+names, except HF's fused SwiGLU input projection, split into SAT's gate and up halves. Nothing else is reshaped:
+QKV rows stay [q | k | v] head-major, and the rotary layout (interleaved for GLM-4V-9B, rotate-half for
+CogAgent-9B: config.json's `original_rope`) becomes model_config.json's `rope_layout`, not a permutation of the
+weights.
 
 Strict: every tensor the config implies must be there with its shape (HF_SHAPES), nothing else may be. The one
 exception is the rotary `inv_freq` buffer, unused by the math: a folder without it gets it recomputed.
@@ -25,7 +25,7 @@ import re
 
 import torch
 
-from cogvlm.utils.checkpoint_io import sat_layout
+from cogvlm.utils.checkpoint_io import glm4v_names, sat_layout
 from cogvlm.utils.checkpoint_io.sat_layout import HF_CONFIG_FILE, CheckpointError
 from cogvlm.utils.preprocessing.glm4_tokenizer import TOKENIZER_TYPE
 
@@ -63,46 +63,8 @@ PUBLISHED_HF_EXTRA = {
 HF_DROPPED_KEYS = ("_name_or_path", "torch_dtype")      # where the folder came from; the weights' dtype
 
 
-def _linear(sat: str, hf: str, bias: bool = True) -> tuple[tuple[str, str], ...]:
-    return tuple((f"{sat}.{leaf}", f"{hf}.{leaf}") for leaf in (("weight", "bias") if bias else ("weight",)))
-
-
-# (SAT 0.4.12 GLM4VModel key, HF key); {i} a decoder layer, {v} a vision layer. The vision tower is SAT's
-# EVA2CLIPModel under the ImageMixin "eva", named as in CogVLM (hf_conversion.COGVLM_KEYS).
-_EVA, _HF_VISION = "mixins.eva.vit_model.", "transformer.vision."
-GLM4V_KEYS: tuple[tuple[str, str], ...] = (
-    ("transformer.word_embeddings.weight", "transformer.embedding.word_embeddings.weight"),
-    ("mixins.attn.rotary_pos_emb.inv_freq", "transformer.rotary_pos_emb.inv_freq"),
-    ("transformer.layers.{i}.input_layernorm.weight", "transformer.encoder.layers.{i}.input_layernorm.weight"),
-    *_linear("transformer.layers.{i}.attention.query_key_value",
-             "transformer.encoder.layers.{i}.self_attention.query_key_value"),
-    ("transformer.layers.{i}.attention.dense.weight", "transformer.encoder.layers.{i}.self_attention.dense.weight"),
-    ("transformer.layers.{i}.post_attention_layernorm.weight",
-     "transformer.encoder.layers.{i}.post_attention_layernorm.weight"),
-    ("transformer.layers.{i}.mlp.dense_4h_to_h.weight", "transformer.encoder.layers.{i}.mlp.dense_4h_to_h.weight"),
-    ("transformer.final_layernorm.weight", "transformer.encoder.final_layernorm.weight"),
-    ("mixins.chatglm-final.lm_head.weight", "transformer.output_layer.weight"),
-    *_linear(_EVA + "mixins.patch_embedding.proj", _HF_VISION + "patch_embedding.proj"),
-    (_EVA + "transformer.word_embeddings.weight", _HF_VISION + "patch_embedding.cls_embedding"),
-    (_EVA + "transformer.position_embeddings.weight", _HF_VISION + "patch_embedding.position_embedding.weight"),
-    *(row for sat, hf in (("input_layernorm", "input_layernorm"),
-                          ("attention.query_key_value", "attention.query_key_value"),
-                          ("attention.dense", "attention.dense"),
-                          ("post_attention_layernorm", "post_attention_layernorm"),
-                          ("mlp.dense_h_to_4h", "mlp.fc1"), ("mlp.dense_4h_to_h", "mlp.fc2"))
-      for row in _linear(f"{_EVA}transformer.layers.{{v}}.{sat}", f"{_HF_VISION}transformer.layers.{{v}}.{hf}")),
-    ("mixins.eva.linear_proj.linear_proj.weight", _HF_VISION + "linear_proj.linear_proj.weight"),
-    *_linear("mixins.eva.linear_proj.norm1", _HF_VISION + "linear_proj.norm1"),
-    *((f"mixins.eva.linear_proj.{name}.weight", f"{_HF_VISION}linear_proj.{name}.weight")
-      for name in ("dense_h_to_4h", "gate_proj", "dense_4h_to_h")),
-    *_linear("mixins.eva.conv", _HF_VISION + "conv"),
-    ("mixins.eva.boi", _HF_VISION + "boi"),
-    ("mixins.eva.eoi", _HF_VISION + "eoi"),
-)
-# HF's fused SwiGLU input projection (rows [gate | up]) -> SAT's two halves (ChatGLM4Model's SwiGLUMixin).
-SWIGLU_HF = "transformer.encoder.layers.{i}.mlp.dense_h_to_4h.weight"
-SWIGLU_SAT = ("transformer.layers.{i}.mlp.dense_h_to_4h.weight", "mixins.mlp.w2.{i}.weight")
 INV_FREQ_HF, INV_FREQ_SAT = "transformer.rotary_pos_emb.inv_freq", "mixins.attn.rotary_pos_emb.inv_freq"
+_HF_VISION = "transformer.vision."
 
 
 class GLM4VConversionError(CheckpointError):
@@ -154,12 +116,12 @@ def model_config_from_hf(hf_config: dict) -> dict:
             "layernorm_order": "pre",
             "use_bias": False,
             "use_qkv_bias": hf_config["add_qkv_bias"],
-            "original_rope": hf_config["original_rope"],
+            "rope_layout": "interleaved" if hf_config["original_rope"] else "rotate_half",
             "rope_ratio": hf_config.get("rope_ratio", 1),
             "model_parallel_size": 1,
             "image_length": (vision["image_size"] // vision["patch_size"] // 2) ** 2,   # after the 2x2 conv
             "proj_hidden_size": hf_config["hidden_size"],
-            "image_scaling_factor": vision["scaling_factor"],
+            "scaling_factor": vision["scaling_factor"],
             "eva_args": eva.to_model_config(),
             "eos_token_id": hf_config["eos_token_id"],
             "pad_token_id": hf_config["pad_token_id"],
@@ -213,7 +175,7 @@ def hf_config_from_model_config(model_config: dict, dtype: torch.dtype) -> dict:
             "layernorm_epsilon": model_config["layernorm_epsilon"],
             "seq_length": model_config["max_sequence_length"],
             "add_qkv_bias": model_config["use_qkv_bias"],
-            "original_rope": model_config["original_rope"],
+            "original_rope": model_config["rope_layout"] == "interleaved",
             "eos_token_id": model_config["eos_token_id"],
             "pad_token_id": model_config["pad_token_id"],
             "boi_token_id": model_config["boi_token_id"],
@@ -230,7 +192,7 @@ def hf_config_from_model_config(model_config: dict, dtype: torch.dtype) -> dict:
                 "in_channels": eva.in_channels,
                 "layer_norm_eps": eva.layernorm_epsilon,
                 "num_positions": eva.pre_len + eva.num_patches,
-                "scaling_factor": model_config["image_scaling_factor"],
+                "scaling_factor": model_config["scaling_factor"],
             },
         }
     except (KeyError, TypeError, ValueError) as error:
@@ -290,41 +252,6 @@ def hf_shapes(hf_config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def key_pairs(num_layers: int, num_vision_layers: int) -> list[tuple[str, str]]:
-    """Every (SAT key, HF key) pair of the renamed tensors (all but the fused SwiGLU projection)."""
-    ranges = {"i": range(num_layers), "v": range(num_vision_layers)}
-    pairs = []
-    for sat, hf in GLM4V_KEYS:
-        placeholder = re.search(r"{(\w)}", sat)
-        indices = ranges[placeholder.group(1)] if placeholder else [None]
-        pairs += [(sat, hf) if index is None else (sat.format(**{placeholder.group(1): index}),
-                                                   hf.format(**{placeholder.group(1): index}))
-                  for index in indices]
-    return pairs
-
-
-def hf_to_sat_state_dict(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int,
-                         ffn_hidden_size: int) -> dict[str, torch.Tensor]:
-    """HF names -> SAT names, consuming `hf`: each fused SwiGLU projection is split into SAT's gate and up halves
-    (copies, since torch.save would store a view's whole storage) and released, one layer at a time."""
-    for i in range(num_layers):
-        gate_key, up_key = (key.format(i=i) for key in SWIGLU_SAT)
-        gate, up = hf.pop(SWIGLU_HF.format(i=i)).split(ffn_hidden_size, dim=0)
-        hf[gate_key], hf[up_key] = gate.clone(), up.clone()
-    renamed = {s: hf.pop(h) for s, h in key_pairs(num_layers, num_vision_layers) if h in hf}
-    return {**renamed, **hf}        # the split halves, already under SAT names
-
-
-def sat_to_hf_state_dict(sat: dict[str, torch.Tensor], num_layers: int,
-                         num_vision_layers: int) -> dict[str, torch.Tensor]:
-    """SAT names -> HF names; SAT's gate and up halves fused into HF's [gate | up] rows."""
-    hf = {h: sat[s] for s, h in key_pairs(num_layers, num_vision_layers) if s in sat}
-    for i in range(num_layers):
-        gate_key, up_key = (key.format(i=i) for key in SWIGLU_SAT)
-        hf[SWIGLU_HF.format(i=i)] = torch.cat([sat[gate_key], sat[up_key]], dim=0)
-    return hf
-
-
 def inv_freq(kv_channels: int, rope_ratio: float, dtype: torch.dtype) -> torch.Tensor:
     """The rotary buffer both layouts store (and the math never reads), as the published RotaryEmbedding
     computes it: 1 / base^(2j/d) over the rotary dims d, in fp32, then the checkpoint's dtype."""
@@ -345,9 +272,8 @@ def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[d
     if INV_FREQ_HF not in weights:
         weights[INV_FREQ_HF] = inv_freq(hf_config["kv_channels"], model_config["rope_ratio"],
                                         weights["transformer.embedding.word_embeddings.weight"].dtype)
-    state_dict = hf_to_sat_state_dict(weights, hf_config["num_layers"],
-                                      hf_config["vision_config"]["num_hidden_layers"], hf_config["ffn_hidden_size"])
-    return model_config, state_dict
+    return model_config, glm4v_names.hf_to_sat(weights, hf_config["num_layers"],
+                                               hf_config["vision_config"]["num_hidden_layers"])
 
 
 def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -363,12 +289,11 @@ def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tu
     dtype = embedding.dtype if embedding is not None else torch.float32
     hf_config = hf_config_from_model_config(model_config, dtype)
     layers, vision_layers = hf_config["num_layers"], hf_config["vision_config"]["num_hidden_layers"]
-    expected = hf_to_sat_state_dict({key: torch.empty(shape, device="meta")
-                                     for key, shape in hf_shapes(hf_config).items()},
-                                    layers, vision_layers, hf_config["ffn_hidden_size"])
+    expected = glm4v_names.hf_to_sat({key: torch.empty(shape, device="meta")
+                                      for key, shape in hf_shapes(hf_config).items()}, layers, vision_layers)
     sat_layout.check_tensors(expected, state_dict, source, f"the {MODEL_CLASS} its {sat_layout.CONFIG_FILE} "
                              "describes", {INV_FREQ_SAT}, GLM4VConversionError)
     if INV_FREQ_SAT not in state_dict:
         state_dict = {**state_dict, INV_FREQ_SAT: inv_freq(hf_config["kv_channels"], model_config.get("rope_ratio", 1),
                                                            dtype)}
-    return hf_config, sat_to_hf_state_dict(state_dict, layers, vision_layers)
+    return hf_config, glm4v_names.sat_to_hf(state_dict, layers, vision_layers)

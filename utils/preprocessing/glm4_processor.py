@@ -6,7 +6,7 @@ The same interface as processor.Processor (what ChatModel and the engine call), 
     processor("What is shown?", history, picture)          # inference inputs, (1, S), image tokens included
 
 The template gives the published, unexpanded ids (3 image placeholders); `to_model_inputs`, the model's own
-function (models/glm4v), turns them into ModelInputs with the image slot expanded to [boi, image tokens, eoi] and
+expansion (image_placeholders.py), turns them into ModelInputs with the image slot expanded to [boi, image tokens, eoi] and
 the published position ids. So `len(inputs)` counts every image token, and `--max_length` (prompt + answer) does
 too, as the issue asks. The image preprocessing is CogVLM's (bicubic resize, CLIP mean/std): the published
 GLM-4V tokenizer applies the same transform at `vision_config.image_size`.
@@ -64,14 +64,13 @@ class GLM4Processor:
 
 
 def model_inputs_builder(config) -> ToModelInputs:
-    """The loaded 9B model's own expansion of a published prompt into ModelInputs.
-
-    Contract with models/glm4v (the model's side): `expand_prompt(input_ids, attention_mask, position_ids, images,
-    config) -> ModelInputs`, taking the tokenizer's (B, L) tensors as this processor and the reference fixtures'
-    cases.pt give them."""
-    from cogvlm.models.glm4v import expand_prompt
+    """The 9B model's expansion of a published prompt into ModelInputs, for a GLM4VConfig `config`
+    (utils/preprocessing/image_placeholders.py, written with the model: [boi, image_length tokens, eoi] at the
+    published position ids)."""
+    from cogvlm.utils.preprocessing.image_placeholders import expand_image_placeholders
 
     def build(prompt: GLM4Prompt, images: ImageInputs | None) -> ModelInputs:
-        return expand_prompt(prompt.input_ids, prompt.attention_mask, prompt.position_ids, images, config)
+        return expand_image_placeholders(prompt.input_ids, config, images, prompt.attention_mask,
+                                         prompt.position_ids)
 
     return build

@@ -1,0 +1,113 @@
+"""Hugging Face (THUDM/glm-4v-9b, THUDM/cogagent-9b-20241220) <-> published SAT (SAT 0.4.12's GLM4VModel) names.
+
+The tables are data; `hf_to_sat` / `sat_to_hf` apply them to state dicts (the converter, utils/convert_hf_checkpoint.py,
+adds files, configs and shape checks around them). Placeholders: {i} a decoder layer, {v} an EVA2-CLIP-E layer.
+
+Every tensor keeps its values and layout but one: HF's fused SwiGLU input projection `mlp.dense_h_to_4h` holds
+[gate | up] rows (`silu(x0) * x1` over its two halves); SAT holds the gate as the layer's `mlp.dense_h_to_4h` and
+the up projection as `mixins.mlp.w2.{i}` (SPLIT_KEYS). The rotary layout (GLM-4V interleaved, CogAgent-9B
+rotate-half) is the config's `rope_layout`, so W_q / W_k are copied as they are.
+"""
+from __future__ import annotations
+
+import torch
+
+_HF_LM, _HF_VIT = "transformer.encoder.layers.{i}.", "transformer.vision.transformer.layers.{v}."
+_SAT_LM, _SAT_VIT = "transformer.layers.{i}.", "mixins.eva.vit_model.transformer.layers.{v}."
+
+
+def _both(sat: str, hf: str, leaves: tuple[str, ...] = ("weight", "bias")) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{sat}.{leaf}", f"{hf}.{leaf}") for leaf in leaves)
+
+
+# (published SAT key, HF key), one tensor each.
+DIRECT_KEYS: tuple[tuple[str, str], ...] = (
+    ("transformer.word_embeddings.weight", "transformer.embedding.word_embeddings.weight"),
+    ("mixins.attn.rotary_pos_emb.inv_freq", "transformer.rotary_pos_emb.inv_freq"),
+    (_SAT_LM + "input_layernorm.weight", _HF_LM + "input_layernorm.weight"),
+    *_both(_SAT_LM + "attention.query_key_value", _HF_LM + "self_attention.query_key_value"),
+    (_SAT_LM + "attention.dense.weight", _HF_LM + "self_attention.dense.weight"),
+    (_SAT_LM + "post_attention_layernorm.weight", _HF_LM + "post_attention_layernorm.weight"),
+    (_SAT_LM + "mlp.dense_4h_to_h.weight", _HF_LM + "mlp.dense_4h_to_h.weight"),
+    ("transformer.final_layernorm.weight", "transformer.encoder.final_layernorm.weight"),
+    ("mixins.chatglm-final.lm_head.weight", "transformer.output_layer.weight"),
+    # EVA2-CLIP-E: SAT keeps the CLS token as the tower's one-row word embedding.
+    *_both("mixins.eva.vit_model.mixins.patch_embedding.proj", "transformer.vision.patch_embedding.proj"),
+    ("mixins.eva.vit_model.transformer.word_embeddings.weight", "transformer.vision.patch_embedding.cls_embedding"),
+    ("mixins.eva.vit_model.transformer.position_embeddings.weight",
+     "transformer.vision.patch_embedding.position_embedding.weight"),
+    *_both(_SAT_VIT + "input_layernorm", _HF_VIT + "input_layernorm"),
+    *_both(_SAT_VIT + "attention.query_key_value", _HF_VIT + "attention.query_key_value"),
+    *_both(_SAT_VIT + "attention.dense", _HF_VIT + "attention.dense"),
+    *_both(_SAT_VIT + "mlp.dense_h_to_4h", _HF_VIT + "mlp.fc1"),
+    *_both(_SAT_VIT + "mlp.dense_4h_to_h", _HF_VIT + "mlp.fc2"),
+    *_both(_SAT_VIT + "post_attention_layernorm", _HF_VIT + "post_attention_layernorm"),
+    # The 2x2 conv, the GLU adapter (same leaf names) and boi/eoi.
+    *_both("mixins.eva.conv", "transformer.vision.conv"),
+    *((f"mixins.eva.linear_proj.{leaf}", f"transformer.vision.linear_proj.{leaf}") for leaf in (
+        "linear_proj.weight", "norm1.weight", "norm1.bias", "dense_h_to_4h.weight", "gate_proj.weight",
+        "dense_4h_to_h.weight")),
+    ("mixins.eva.boi", "transformer.vision.boi"),
+    ("mixins.eva.eoi", "transformer.vision.eoi"),
+)
+
+# HF key -> the SAT keys whose rows it concatenates, in order.
+SPLIT_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (_HF_LM + "mlp.dense_h_to_4h.weight", (_SAT_LM + "mlp.dense_h_to_4h.weight", "mixins.mlp.w2.{i}.weight")),
+)
+
+
+def _expand(template: str, num_layers: int, num_vision_layers: int) -> list[dict[str, int]]:
+    """The placeholder values a key template takes."""
+    if "{i}" in template:
+        return [{"i": i} for i in range(num_layers)]
+    if "{v}" in template:
+        return [{"v": v} for v in range(num_vision_layers)]
+    return [{}]
+
+
+def key_pairs(num_layers: int, num_vision_layers: int) -> list[tuple[str, str]]:
+    """(SAT key, HF key) of every one-to-one tensor of a model with these depths."""
+    return [(sat.format(**values), hf.format(**values)) for sat, hf in DIRECT_KEYS
+            for values in _expand(hf, num_layers, num_vision_layers)]
+
+
+def split_keys(num_layers: int) -> list[tuple[str, tuple[str, ...]]]:
+    """(HF key, its SAT row blocks) of every split tensor."""
+    return [(hf.format(i=i), tuple(sat.format(i=i) for sat in sats)) for hf, sats in SPLIT_KEYS
+            for i in range(num_layers)]
+
+
+class NameTableError(KeyError):
+    """A state dict whose names the table does not cover (missing or unexpected keys)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _check(state_dict: dict, expected: set[str], side: str) -> None:
+    missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
+    if missing or unexpected:
+        raise NameTableError(f"{side} state dict does not fit the GLM-4V name table: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+
+def hf_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """An HF state dict in published SAT names (strict: every key is used, none is missing)."""
+    pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
+    _check(hf, {h for _, h in pairs} | {h for h, _ in splits}, "the Hugging Face")
+    sat = {s: hf[h] for s, h in pairs}
+    for h, blocks in splits:
+        for key, rows in zip(blocks, hf[h].chunk(len(blocks), dim=0)):
+            sat[key] = rows.clone()      # its own storage: a saved view would hold the whole tensor
+    return sat
+
+
+def sat_to_hf(sat: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """A published SAT state dict in HF names (strict)."""
+    pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
+    _check(sat, {s for s, _ in pairs} | {k for _, blocks in splits for k in blocks}, "the SAT")
+    hf = {h: sat[s] for s, h in pairs}
+    for h, blocks in splits:
+        hf[h] = torch.cat([sat[key] for key in blocks], dim=0)
+    return hf
