@@ -80,13 +80,13 @@ def test_decoding_a_prompt_gives_the_published_prompt_string(tokenizer, case):
     """The prompt string the fixture stores is decode(non-pad ids, no spaces around special tokens)."""
     for ids, mask, prompt in zip(case["input_ids"], case["attention_mask"], case["prompt_strings"]):
         real = [token for token, keep in zip(ids, mask) if keep]
-        assert tokenizer.decode(real) == prompt
+        assert tokenizer.decode(real, skip_special_tokens=False) == prompt
 
 
 def test_decode_skips_or_shows_special_tokens_and_padding_rows_are_empty(tokenizer):
     ids = [151331, 151333, 151336] + tokenizer.encode("\nHi") + [151337, PADDED_VOCAB_SIZE - 1]
-    assert tokenizer.decode(ids) == "[gMASK]<sop><|user|>\nHi<|assistant|>"
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "\nHi"
+    assert tokenizer.decode(ids, skip_special_tokens=False) == "[gMASK]<sop><|user|>\nHi<|assistant|>"
+    assert tokenizer.decode(ids) == "\nHi"
     assert tokenizer.decode([PUBLISHED_VOCAB_SIZE, PADDED_VOCAB_SIZE - 1]) == ""
 
 

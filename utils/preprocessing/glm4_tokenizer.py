@@ -119,10 +119,11 @@ class GLM4Tokenizer:
         """Ordinary BPE ids of `text`; special-token text stays ordinary text (as in a published chat message)."""
         return self._encoding.encode_ordinary(text)
 
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Runs of ordinary ids are joined as bytes before UTF-8 decoding (a character may span
-        tokens; an incomplete one shows as U+FFFD); special tokens show as their text unless skipped; ids past the
-        tokenizer's vocabulary (the model's padding rows) decode to ''."""
+        tokens; an incomplete one shows as U+FFFD); ids past the tokenizer's vocabulary (the model's padding rows)
+        decode to ''. Special tokens are left out, as the published demos decode answers (and as LlamaTokenizer
+        drops its control ids); with skip_special_tokens=False they show as their text, with no spaces around."""
         pieces: list[str] = []
         run: list[int] = []
         for token_id in ids:
