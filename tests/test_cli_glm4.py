@@ -170,3 +170,30 @@ def test_under_torchrun_two_ranks_give_the_published_answer_once(checkpoints, ca
                                 case["conversation"][0]["content"], "--max_length",
                                 case["expanded_length"] + NEW_TOKENS)
     assert result.stdout.decode() == published_answer(case) + "\n"
+
+
+def test_a_checkpoint_split_for_two_ranks_converts_back_to_the_published_hf_weights(checkpoints, tmp_path):
+    """SAT -> HF merges the model-parallel shards first: the HF folder equals the recipe's weights bit for bit."""
+    from cogvlm.utils.checkpoint_io import sat_layout
+    from cogvlm.utils.checkpoint_io.hf_conversion import main as convert
+    from cogvlm.utils.checkpoint_io.loading import build_model, config_from_model_config, read_model_config
+    from cogvlm.utils.parallel.model_parallel import shard, split_plan
+
+    source = checkpoints["glm4v-tiny"]
+    model_config = read_model_config(source)
+    plan = split_plan(build_model(config_from_model_config(model_config)))
+    full = sat_layout.read_state_dict(sat_layout.states_file(source))
+    split = tmp_path / "mp2"
+    for rank in range(2):
+        sat_layout.write_state_dict(split, shard(full, plan, rank, 2), mp_rank=rank)
+    sat_layout.write_config(split, {**model_config, "model_parallel_size": 2})
+    sat_layout.write_tracker(split)
+    rank_1 = sat_layout.read_state_dict(sat_layout.states_file(split, 1))
+    assert any(rank_1[key].shape != full[key].shape for key in full)           # really split
+    assert convert(["--hf", str(tmp_path / "hf"), "--sat", str(split), "--to-hf"]) == 0
+    from safetensors.torch import load_file
+
+    back = load_file(tmp_path / "hf" / "model.safetensors")
+    published = regenerate_hf_weights(GLM4V_TINY)
+    assert set(back) == set(published)
+    assert all(torch.equal(back[name], tensor) for name, tensor in published.items())

@@ -278,10 +278,7 @@ def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[d
 
 def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, HF state dict) of a SAT GLM4VModel checkpoint's model_config.json and tensors (read from
-    `source`, an unsplit checkpoint)."""
-    if int(model_config.get("model_parallel_size", 1)) != 1:
-        raise GLM4VConversionError(f"{source} is split for model parallel size "
-                                   f"{model_config['model_parallel_size']}; convert an unsplit (size 1) checkpoint")
+    `source`; the model-parallel shards already merged)."""
     if any(".matrix_A." in key for key in state_dict):
         raise GLM4VConversionError(f"{source} holds LoRA weights: fold them in first with python "
                                    f"utils/merge_model.py")

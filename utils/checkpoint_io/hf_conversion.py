@@ -485,7 +485,12 @@ def sat_to_hf(sat_dir, hf_dir, shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
     model_config = ckpt.read_model_config(source)
     if glm4v_conversion.is_glm4v_model_config(model_config):
         states = sat_layout.states_file(source)
-        hf_config, weights = glm4v_conversion.to_hf(model_config, sat_layout.read_state_dict(states), states)
+        if ckpt.stored_model_parallel_size(source, model_config) == 1:
+            state_dict = sat_layout.read_state_dict(states)
+        else:       # merging the shards needs the model's split plan (models/glm4v)
+            model = ckpt.build_model(ckpt.config_from_model_config(model_config))
+            state_dict = ckpt.read_full_state_dict(source, int(model_config["model_parallel_size"]), model)
+        hf_config, weights = glm4v_conversion.to_hf(model_config, state_dict, states)
         hf_dir.mkdir(parents=True, exist_ok=True)
         write_safetensors(weights, hf_dir, shard_size)
         (hf_dir / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
