@@ -143,6 +143,20 @@ def test_hf_to_sat_to_hf_is_bit_exact(tmp_path, fixture, shards_in, shard_size_o
     assert config == {**expected, "torch_dtype": str(dtype).removeprefix("torch.")}
 
 
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+def test_a_sat_checkpoint_not_converted_from_hf_gets_the_published_config_fields(tmp_path, fixture):
+    """Without the config.json fields HF -> SAT keeps (e.g. a checkpoint saved from a config in code), SAT -> HF
+    writes the published glm-4v-9b values: the fixture config.json, which is the published one with tiny sizes."""
+    write_hf_folder(tmp_path / "hf", fixture)
+    convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")
+    model_config = json.loads((tmp_path / "sat" / "model_config.json").read_text())
+    del model_config[glm4v_conversion.HF_EXTRA_KEY]
+    (tmp_path / "sat" / "model_config.json").write_text(json.dumps(model_config))
+    convert("--hf", tmp_path / "back", "--sat", tmp_path / "sat", "--to-hf")
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config == {key: value for key, value in hf_config(fixture).items() if key != "_name_or_path"}
+
+
 def test_a_folder_without_the_rotary_buffer_gets_the_published_one(tmp_path):
     write_hf_folder(tmp_path / "hf", drop={"transformer.rotary_pos_emb.inv_freq"})
     convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")

@@ -11,7 +11,7 @@ QKV rows stay [q | k | v] head-major, and the rotary layout (interleaved for GLM
 CogAgent-9B: config.json's `original_rope`) becomes model_config.json's `rope_layout`, not a permutation of the
 weights.
 
-Strict: every tensor the config implies must be there with its shape (HF_SHAPES), nothing else may be. The one
+Strict: every tensor the config implies must be there with its shape (hf_shapes), nothing else may be. The one
 exception is the rotary `inv_freq` buffer, unused by the math: a folder without it gets it recomputed.
 
 config.json <-> model_config.json: the fields a SAT GLM4VModel reads become SAT arguments (eva_args for the
@@ -21,7 +21,6 @@ HF -> SAT -> HF gives back the same config.json (the CogAgent-9B config.json is 
 from __future__ import annotations
 
 import json
-import re
 
 import torch
 
