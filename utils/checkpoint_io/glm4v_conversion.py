@@ -62,7 +62,7 @@ PUBLISHED_HF_EXTRA = {
 HF_DROPPED_KEYS = ("_name_or_path", "torch_dtype")      # where the folder came from; the weights' dtype
 
 
-INV_FREQ_HF, INV_FREQ_SAT = "transformer.rotary_pos_emb.inv_freq", "mixins.attn.rotary_pos_emb.inv_freq"
+INV_FREQ_HF, INV_FREQ_SAT = glm4v_names.HF_ROTARY_BUFFER, glm4v_names.SAT_ROTARY_BUFFER
 _HF_VISION = "transformer.vision."
 
 
@@ -251,6 +251,25 @@ def hf_shapes(hf_config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def renamed_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """HF names -> SAT names by the model's table (glm4v_names), consuming `hf`: each fused SwiGLU projection is
+    split into its SAT row blocks (copies: torch.save would store a view's whole storage) and released at once, so
+    a 9B conversion holds one layer's projection twice, not all 40 (9 GB in bf16)."""
+    for hf_key, blocks in glm4v_names.split_keys(num_layers):
+        for sat_key, rows in zip(blocks, hf.pop(hf_key).chunk(len(blocks), dim=0)):
+            hf[sat_key] = rows.clone()
+    renamed = {sat: hf.pop(hf_key) for sat, hf_key in glm4v_names.key_pairs(num_layers, num_vision_layers)}
+    return {**renamed, **hf}            # the split blocks, already under SAT names
+
+
+def renamed_to_hf(sat: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """SAT names -> HF names by the model's table; the SAT row blocks fused back into HF's projection."""
+    hf = {hf_key: sat[sat_key] for sat_key, hf_key in glm4v_names.key_pairs(num_layers, num_vision_layers)}
+    for hf_key, blocks in glm4v_names.split_keys(num_layers):
+        hf[hf_key] = torch.cat([sat[key] for key in blocks], dim=0)
+    return hf
+
+
 def inv_freq(kv_channels: int, rope_ratio: float, dtype: torch.dtype) -> torch.Tensor:
     """The rotary buffer both layouts store (and the math never reads), as the published RotaryEmbedding
     computes it: 1 / base^(2j/d) over the rotary dims d, in fp32, then the checkpoint's dtype."""
@@ -271,8 +290,8 @@ def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[d
     if INV_FREQ_HF not in weights:
         weights[INV_FREQ_HF] = inv_freq(hf_config["kv_channels"], model_config["rope_ratio"],
                                         weights["transformer.embedding.word_embeddings.weight"].dtype)
-    return model_config, glm4v_names.hf_to_sat(weights, hf_config["num_layers"],
-                                               hf_config["vision_config"]["num_hidden_layers"])
+    return model_config, renamed_to_sat(weights, hf_config["num_layers"],
+                                        hf_config["vision_config"]["num_hidden_layers"])
 
 
 def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -285,11 +304,11 @@ def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tu
     dtype = embedding.dtype if embedding is not None else torch.float32
     hf_config = hf_config_from_model_config(model_config, dtype)
     layers, vision_layers = hf_config["num_layers"], hf_config["vision_config"]["num_hidden_layers"]
-    expected = glm4v_names.hf_to_sat({key: torch.empty(shape, device="meta")
-                                      for key, shape in hf_shapes(hf_config).items()}, layers, vision_layers)
+    expected = renamed_to_sat({key: torch.empty(shape, device="meta") for key, shape in hf_shapes(hf_config).items()},
+                              layers, vision_layers)
     sat_layout.check_tensors(expected, state_dict, source, f"the {MODEL_CLASS} its {sat_layout.CONFIG_FILE} "
                              "describes", {INV_FREQ_SAT}, GLM4VConversionError)
     if INV_FREQ_SAT not in state_dict:
         state_dict = {**state_dict, INV_FREQ_SAT: inv_freq(hf_config["kv_channels"], model_config.get("rope_ratio", 1),
                                                            dtype)}
-    return hf_config, glm4v_names.sat_to_hf(state_dict, layers, vision_layers)
+    return hf_config, renamed_to_hf(state_dict, layers, vision_layers)

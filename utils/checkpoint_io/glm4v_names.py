@@ -1,7 +1,7 @@
 """Hugging Face (THUDM/glm-4v-9b, THUDM/cogagent-9b-20241220) <-> published SAT (SAT 0.4.12's GLM4VModel) names.
 
-The tables are data; `hf_to_sat` / `sat_to_hf` apply them to state dicts (the converter, utils/convert_hf_checkpoint.py,
-adds files, configs and shape checks around them). Placeholders: {i} a decoder layer, {v} an EVA2-CLIP-E layer.
+The tables are data; `hf_to_sat` / `sat_to_hf` apply them to state dicts (the converter,
+utils/convert_hf_checkpoint.py, adds files, configs and shape checks around them). Placeholders: {i} a decoder layer, {v} an EVA2-CLIP-E layer.
 
 Every tensor keeps its values and layout but one: HF's fused SwiGLU input projection `mlp.dense_h_to_4h` holds
 [gate | up] rows (`silu(x0) * x1` over its two halves); SAT holds the gate as the layer's `mlp.dense_h_to_4h` and
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from cogvlm.utils.checkpoint_io.sat_layout import CheckpointError
+
 _HF_LM, _HF_VIT = "transformer.encoder.layers.{i}.", "transformer.vision.transformer.layers.{v}."
 _SAT_LM, _SAT_VIT = "transformer.layers.{i}.", "mixins.eva.vit_model.transformer.layers.{v}."
 
@@ -20,10 +22,12 @@ def _both(sat: str, hf: str, leaves: tuple[str, ...] = ("weight", "bias")) -> tu
     return tuple((f"{sat}.{leaf}", f"{hf}.{leaf}") for leaf in leaves)
 
 
+SAT_ROTARY_BUFFER, HF_ROTARY_BUFFER = "mixins.attn.rotary_pos_emb.inv_freq", "transformer.rotary_pos_emb.inv_freq"
+
 # (published SAT key, HF key), one tensor each.
 DIRECT_KEYS: tuple[tuple[str, str], ...] = (
     ("transformer.word_embeddings.weight", "transformer.embedding.word_embeddings.weight"),
-    ("mixins.attn.rotary_pos_emb.inv_freq", "transformer.rotary_pos_emb.inv_freq"),
+    (SAT_ROTARY_BUFFER, HF_ROTARY_BUFFER),
     (_SAT_LM + "input_layernorm.weight", _HF_LM + "input_layernorm.weight"),
     *_both(_SAT_LM + "attention.query_key_value", _HF_LM + "self_attention.query_key_value"),
     (_SAT_LM + "attention.dense.weight", _HF_LM + "self_attention.dense.weight"),
@@ -78,11 +82,8 @@ def split_keys(num_layers: int) -> list[tuple[str, tuple[str, ...]]]:
             for i in range(num_layers)]
 
 
-class NameTableError(KeyError):
-    """A state dict whose names the table does not cover (missing or unexpected keys)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+class NameTableError(CheckpointError):
+    """A state dict whose names the table does not cover (missing or unexpected keys); one line."""
 
 
 def _check(state_dict: dict, expected: set[str], side: str) -> None:
@@ -92,9 +93,24 @@ def _check(state_dict: dict, expected: set[str], side: str) -> None:
                              f"unexpected {unexpected[:5]}")
 
 
-def hf_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
-    """An HF state dict in published SAT names (strict: every key is used, none is missing)."""
+def _with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -> dict[str, torch.Tensor]:
+    """The rotary `inv_freq` buffer is derived data, which no forward reads: when a folder lacks it, it is computed
+    from the config (as the published code registers it), in the dtype of the other tensors."""
+    if key in state_dict:
+        return state_dict
+    from cogvlm.models.rotary import RotaryEmbedding
+
+    dtype = next(iter(state_dict.values())).dtype if state_dict else torch.float32
+    inv_freq = RotaryEmbedding(config.language.rotary_dim, config.language.rotary_base).inv_freq
+    return {**state_dict, key: inv_freq.to(dtype)}
+
+
+def hf_to_sat(hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """An HF state dict in published SAT names for a GLM4VConfig (strict: every key is used, none is missing but
+    the rotary buffer)."""
+    num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
     pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
+    hf = _with_rotary_buffer(hf, HF_ROTARY_BUFFER, config)
     _check(hf, {h for _, h in pairs} | {h for h, _ in splits}, "the Hugging Face")
     sat = {s: hf[h] for s, h in pairs}
     for h, blocks in splits:
@@ -103,9 +119,11 @@ def hf_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: i
     return sat
 
 
-def sat_to_hf(sat: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
-    """A published SAT state dict in HF names (strict)."""
+def sat_to_hf(sat: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A published SAT state dict in HF names for a GLM4VConfig (strict, as hf_to_sat)."""
+    num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
     pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
+    sat = _with_rotary_buffer(sat, SAT_ROTARY_BUFFER, config)
     _check(sat, {s for s, _ in pairs} | {k for _, blocks in splits for k in blocks}, "the SAT")
     hf = {h: sat[s] for s, h in pairs}
     for h, blocks in splits:
