@@ -430,3 +430,57 @@ def test_a_failed_download_is_one_error_line_from_the_entry_points(server, tmp_p
     expected = (f"Error: download of {server.url}/cogvlm-chat-v1.1.zip failed: HTTP 404" if failure == "http_404"
                 else f"Error: cannot install cogvlm-chat-v1.1 into {home}")
     assert len(errors) == 1 and errors[0].startswith(expected), err[-2000:]
+
+
+# the 9B models published only as Hugging Face weights: through $SAT_HOME, the mirror, or a message saying how
+
+def _zipped_folder(folder: Path, name: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, rope_layout", [("glm-4v-9b", "interleaved"), ("cogagent-9b-20241220", "rotate_half")])
+def test_a_9b_name_comes_from_the_mirror_then_from_sat_home(server, home, tmp_path, monkeypatch, name, rope_layout):
+    from test_glm4v_conversion import write_hf_folder
+    from cogvlm.utils.checkpoint_io.hf_conversion import main as convert
+    from cogvlm.utils.checkpoint_io.loading import read_model_config, resolve_checkpoint_dir
+
+    write_hf_folder(tmp_path / "hf", "glm4v-tiny" if rope_layout == "interleaved" else "cogagent9b-tiny")
+    assert convert(["--hf", str(tmp_path / "hf"), "--sat", str(tmp_path / "converted")]) == 0
+    server.body = _zipped_folder(tmp_path / "converted", name)
+    monkeypatch.setenv("COGVLM_MIRROR", server.url)
+    assert resolve_checkpoint_dir(name) == home / name
+    assert read_model_config(home / name)["rope_layout"] == rope_layout
+    monkeypatch.delenv("COGVLM_MIRROR")
+    assert resolve_checkpoint_dir(name) == home / name          # installed: no second request, no mirror needed
+    assert server.ranges == [None]
+
+
+@pytest.mark.parametrize("name, repository", [("glm-4v-9b", "THUDM/glm-4v-9b"),
+                                              ("cogagent-9b-20241220", "THUDM/cogagent-9b-20241220")])
+def test_a_9b_name_without_a_mirror_says_how_to_convert_it(home, name, repository):
+    from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
+    from cogvlm.utils.checkpoint_io.loading import CheckpointError, resolve_checkpoint_dir
+
+    message = checkpoint_not_found(name)
+    assert "\n" not in message
+    for fragment in (repository, "python utils/convert_hf_checkpoint.py --hf HF_DIR --sat", str(home / name),
+                     "COGVLM_MIRROR"):
+        assert fragment in message
+    one_line_error(CheckpointError, lambda: resolve_checkpoint_dir(name), repository)
+    _one_line_error(lambda: ensure_model(name, progress=False), repository)
+    assert _leftovers(home) == [] or _leftovers(home) == [f"{name}.lock"]
+
+
+def test_a_9b_hf_folder_under_sat_home_names_the_conversion_command(home, tmp_path):
+    """Downloaded from Hugging Face straight into $SAT_HOME/glm-4v-9b: found, and explained."""
+    from test_glm4v_conversion import write_hf_folder
+    from cogvlm.utils.checkpoint_io.loading import CheckpointError, load_model
+
+    write_hf_folder(home / "glm-4v-9b")
+    one_line_error(CheckpointError, lambda: load_model("glm-4v-9b"), "Hugging Face checkpoint",
+                   "python utils/convert_hf_checkpoint.py --hf")

@@ -62,7 +62,7 @@ def test_a_missing_checkpoint_is_reported_before_the_model_stack_is_imported(tmp
     assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
         f"Error: checkpoint '{missing}' not found: it is neither a folder nor a model under $SAT_HOME "
         f"({tmp_path / 'sat_home'}), and not a published name (cogvlm-chat-v1.1, cogvlm-base-224, cogvlm-base-490, "
-        f"cogvlm-grounding-generalist-v1.1, cogagent-chat, cogagent-vqa)"]
+        f"cogvlm-grounding-generalist-v1.1, cogagent-chat, cogagent-vqa, glm-4v-9b, cogagent-9b-20241220)"]
     assert not {name.split(".")[0] for name in modules} & MODEL_STACK
 
 

@@ -1,4 +1,5 @@
-"""Convert a Hugging Face cogvlm/cogagent-chat-hf folder to the SAT layout, and back with --to-hf.
+"""Convert a Hugging Face cogvlm/cogagent-chat-hf, glm-4v-9b or cogagent-9b-20241220 folder to the SAT layout, and
+back with --to-hf.
 
     python utils/convert_hf_checkpoint.py --help
 

@@ -41,6 +41,12 @@ MODEL_URLS: dict[str, str] = {
     for name in ("cogvlm-chat-v1.1", "cogvlm-base-224", "cogvlm-base-490", "cogvlm-grounding-generalist-v1.1",
                  "cogagent-chat", "cogagent-vqa")
 }
+# Models published only as Hugging Face weights (name -> repository): no SAT zip exists, so the name works through
+# $SAT_HOME (a folder converted there) or COGVLM_MIRROR (a server holding <name>.zip), and is explained otherwise.
+HF_ONLY_MODELS: dict[str, str] = {
+    "glm-4v-9b": "THUDM/glm-4v-9b",
+    "cogagent-9b-20241220": "THUDM/cogagent-9b-20241220",
+}
 # Name -> sha256 hex digest of the zip, checked when present. Empty: the published digests are not known.
 MODEL_SHA256: dict[str, str] = {}
 
@@ -88,8 +94,18 @@ def checkpoint_not_found(name_or_path: str | os.PathLike) -> str | None:
     if (Path(name).expanduser().is_dir() or (sat_home() / name).is_dir() or name in MODEL_URLS
             or os.environ.get(MIRROR_ENV)):
         return None
+    if name in HF_ONLY_MODELS:
+        return hf_only_message(name)
     return (f"checkpoint '{name}' not found: it is neither a folder nor a model under $SAT_HOME ({sat_home()}), "
-            f"and not a published name ({', '.join(MODEL_URLS)})")
+            f"and not a published name ({', '.join([*MODEL_URLS, *HF_ONLY_MODELS])})")
+
+
+def hf_only_message(name: str) -> str:
+    """What to do with a model published only as Hugging Face weights, in one line."""
+    return (f"'{name}' is published as Hugging Face weights ({HF_ONLY_MODELS[name]}), not as a SAT checkpoint: "
+            f"download that repository into a folder HF_DIR and convert it once with `python "
+            f"utils/convert_hf_checkpoint.py --hf HF_DIR --sat {sat_home() / name}`, or set {MIRROR_ENV} to a "
+            f"server holding {name}.zip")
 
 
 def resolve_url(name: str, url: str | None = None) -> str:
@@ -101,6 +117,8 @@ def resolve_url(name: str, url: str | None = None) -> str:
             url = f"{mirror.rstrip('/')}/{name}.zip"
         elif name in MODEL_URLS:
             url = MODEL_URLS[name]
+        elif name in HF_ONLY_MODELS:
+            raise DownloadError(hf_only_message(name))
         else:
             raise DownloadError(f"no download URL for '{name}': published models are {', '.join(MODEL_URLS)}; "
                                 f"pass url= or set {MIRROR_ENV}")

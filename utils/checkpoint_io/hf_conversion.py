@@ -1,4 +1,5 @@
-"""Convert between a Hugging Face cogvlm-*-hf / cogagent-*-hf folder and a SAT checkpoint in the published layout.
+"""Convert between a Hugging Face cogvlm-*-hf / cogagent-*-hf folder and a SAT checkpoint in the published layout
+(glm-4v-9b and cogagent-9b-20241220 folders: glm4v_conversion.py, dispatched from here).
 
     python utils/convert_hf_checkpoint.py --hf HF_DIR --sat SAT_DIR                  # Hugging Face -> SAT
     python utils/convert_hf_checkpoint.py --hf HF_DIR --sat SAT_DIR --to-hf [--shard-size 5GB]   # SAT -> HF
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from cogvlm.utils.checkpoint_io import sat_layout
+from cogvlm.utils.checkpoint_io import glm4v_conversion, sat_layout
 from cogvlm.utils.checkpoint_io.sat_layout import (BIN_FILE, BIN_INDEX, HF_CONFIG_FILE, SAFETENSORS_FILE,
                                                    SAFETENSORS_INDEX, CheckpointError, is_hf_checkpoint)
 
@@ -446,6 +447,11 @@ def hf_to_sat(hf_dir, sat_dir) -> Path:
         hf_config = json.loads((hf_dir / HF_CONFIG_FILE).read_text())
     except ValueError as error:
         raise ConversionError(f"{hf_dir / HF_CONFIG_FILE} is not valid JSON: {error}") from None
+    if glm4v_conversion.is_glm4v_hf_config(hf_config):        # THUDM/glm-4v-9b, THUDM/cogagent-9b-20241220
+        model_config, state_dict = glm4v_conversion.to_sat(hf_config, read_hf_state_dict(hf_dir), hf_dir)
+        sat_layout.write_checkpoint(sat_dir, state_dict, model_config)
+        sat_layout.copy_tokenizer(hf_dir, sat_dir)
+        return sat_dir
     config = config_from_hf(hf_config)
     model, sat_expected = _model_keys(config)
     model_name = type(model).__name__
@@ -477,6 +483,19 @@ def sat_to_hf(sat_dir, hf_dir, shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
         raise ConversionError(f"{hf_dir} already holds Hugging Face weights ({', '.join(present[:5])}); "
                               "convert into a new folder")
     model_config = ckpt.read_model_config(source)
+    if glm4v_conversion.is_glm4v_model_config(model_config):
+        states = sat_layout.states_file(source)
+        if ckpt.stored_model_parallel_size(source, model_config) == 1:
+            state_dict = sat_layout.read_state_dict(states)
+        else:       # merging the shards needs the model's split plan (models/glm4v)
+            model = ckpt.build_model(ckpt.config_from_model_config(model_config))
+            state_dict = ckpt.read_full_state_dict(source, int(model_config["model_parallel_size"]), model)
+        hf_config, weights = glm4v_conversion.to_hf(model_config, state_dict, states)
+        hf_dir.mkdir(parents=True, exist_ok=True)
+        write_safetensors(weights, hf_dir, shard_size)
+        (hf_dir / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
+        sat_layout.copy_tokenizer(source, hf_dir)
+        return hf_dir
     config = ckpt.config_from_model_config(model_config)
     stored = ckpt.stored_model_parallel_size(source, model_config)
     model, sat_expected = _model_keys(config)

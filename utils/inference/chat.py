@@ -19,6 +19,7 @@ from cogvlm.utils.inference.engine import Event, FinishReason, Request, Schedule
 from cogvlm.utils.inference.generation import SamplingConfig, generate
 from cogvlm.utils.preprocessing.image_processor import load_image
 from cogvlm.utils.preprocessing.processor import Processor
+from cogvlm.utils.preprocessing.glm4_tokenizer import GLM4Tokenizer, is_glm4_checkpoint
 from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer, TokenizerNotFoundError
 
 # Incomplete UTF-8 (a byte-fallback character cut between tokens) decodes to this; wait for the next token.
@@ -29,12 +30,13 @@ class TokenizerMismatchError(ValueError):
     """The tokenizer's vocabulary does not fit the model's embedding."""
 
 
-def resolve_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path,
-                      model_vocab_size: int | None = None) -> LlamaTokenizer:
+def resolve_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path, model_vocab_size: int | None = None,
+                      tokenizer_class: type = LlamaTokenizer) -> LlamaTokenizer | GLM4Tokenizer:
     """The tokenizer to use, in this order: an existing --local_tokenizer path; a tokenizer.model shipped in
     the checkpoint folder; a Hugging Face hub id (e.g. lmsys/vicuna-7b-v1.5) already in the local HF cache.
+    `tokenizer_class` is the checkpoint's family (GLM4Tokenizer for the 9B models, whose file is tiktoken's).
     With `model_vocab_size`, a tokenizer with more tokens than the model's vocabulary is a TokenizerMismatchError."""
-    tokenizer = _find_tokenizer(local_tokenizer, checkpoint_dir)
+    tokenizer = _find_tokenizer(local_tokenizer, checkpoint_dir, tokenizer_class)
     if model_vocab_size is not None:
         check_vocabulary(tokenizer, model_vocab_size)
     return tokenizer
@@ -48,11 +50,11 @@ def check_vocabulary(tokenizer: LlamaTokenizer, model_vocab_size: int) -> None:
             f"{model_vocab_size}: it is not this checkpoint's tokenizer")
 
 
-def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaTokenizer:
+def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path, tokenizer_class: type):
     if local_tokenizer and Path(local_tokenizer).expanduser().exists():
-        return LlamaTokenizer.from_path(local_tokenizer)
+        return tokenizer_class.from_path(local_tokenizer)
     if (checkpoint_dir / TOKENIZER_FILENAME).is_file():
-        return LlamaTokenizer.from_path(checkpoint_dir)
+        return tokenizer_class.from_path(checkpoint_dir)
     if local_tokenizer and local_tokenizer.count("/") == 1:
         from huggingface_hub import try_to_load_from_cache
 
@@ -61,10 +63,11 @@ def _find_tokenizer(local_tokenizer: str | None, checkpoint_dir: Path) -> LlamaT
         except ValueError:      # not a valid hub id (e.g. a missing "./tokenizer.model"): not found, see below
             cached = None
         if isinstance(cached, (str, os.PathLike)):
-            return LlamaTokenizer.from_path(cached)
+            return tokenizer_class.from_path(cached)
+    family = "GLM-4 (THUDM/glm-4v-9b)" if tokenizer_class is GLM4Tokenizer else "LLaMA/Vicuna"
     raise TokenizerNotFoundError(
         f"no tokenizer found: '{local_tokenizer}' is not a path, {checkpoint_dir} has no {TOKENIZER_FILENAME}, and "
-        f"no cached Hugging Face copy exists; pass --local_tokenizer PATH to a LLaMA/Vicuna {TOKENIZER_FILENAME}")
+        f"no cached Hugging Face copy exists; pass --local_tokenizer PATH to a {family} {TOKENIZER_FILENAME}")
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,13 @@ class TextStream:
 
 
 class ChatModel:
-    def __init__(self, model, config, tokenizer: LlamaTokenizer, version: str):
-        check_vocabulary(tokenizer, config.language.vocab_size)
-        self.model, self.config, self.tokenizer = model, config, tokenizer
-        # CogAgent's processor also makes the image at its cross resolution (1120 px).
-        self.processor = Processor.for_model(config, tokenizer, version)
+    def __init__(self, model, config, tokenizer: LlamaTokenizer | GLM4Tokenizer, version: str, processor=None):
+        """`processor` None: CogVLM's / CogAgent's for `config` and `version`; the 9B models pass a GLM4Processor."""
+        if processor is None:
+            check_vocabulary(tokenizer, config.language.vocab_size)
+            # CogAgent's processor also makes the image at its cross resolution (1120 px).
+            processor = Processor.for_model(config, tokenizer, version)
+        self.model, self.config, self.tokenizer, self.processor = model, config, tokenizer, processor
 
     @classmethod
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
@@ -138,11 +143,30 @@ class ChatModel:
                                                         resolve_checkpoint_dir)
 
         checkpoint_dir = resolve_checkpoint_dir(name_or_path)
-        stored_config = config_from_model_config(read_model_config(checkpoint_dir))
+        model_config = read_model_config(checkpoint_dir)
+        if is_glm4_checkpoint(model_config):            # GLM-4V-9B, CogAgent-9B: the GLM-4 tokenizer and template
+            return cls._from_glm4_checkpoint(checkpoint_dir, model_config, local_tokenizer, dtype, device,
+                                             model_parallel_size, quant)
+        stored_config = config_from_model_config(model_config)
         tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, stored_config.language.vocab_size)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
                                    model_parallel_size=model_parallel_size, quant=quant)
         return cls(model, config, tokenizer, config.text_processor_version or version)
+
+    @classmethod
+    def _from_glm4_checkpoint(cls, checkpoint_dir: Path, model_config: dict, local_tokenizer: str | None,
+                              dtype: torch.dtype, device: str, model_parallel_size: int | None, quant) -> "ChatModel":
+        from cogvlm.utils.checkpoint_io.loading import load_model
+        from cogvlm.utils.preprocessing.glm4_processor import GLM4Processor, model_inputs_builder
+        from cogvlm.utils.preprocessing.image_processor import ImageProcessor
+
+        tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, model_config.get("vocab_size"), GLM4Tokenizer)
+        model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
+                                   model_parallel_size=model_parallel_size, quant=quant)
+        image_size = model_config["eva_args"]["image_size"]
+        image = ImageProcessor(image_size[0] if isinstance(image_size, list) else image_size)
+        processor = GLM4Processor(tokenizer, image, model_inputs_builder(config))
+        return cls(model, config, tokenizer, processor.version, processor)
 
     @property
     def version(self) -> str:
@@ -165,7 +189,7 @@ class ChatModel:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
         text = TextStream(self.tokenizer)
         for token_id in generate(self.model, self.prompt(query, history, image), sampling,
-                                 (self.tokenizer.eos_token_id,)):
+                                 self.tokenizer.stop_token_ids):
             piece = text.push(token_id)
             if piece:
                 yield piece
@@ -189,7 +213,7 @@ class ChatModel:
             except ValueError as problem:               # an empty query, a bad history: this request only
                 failed.append(AnswerEvent(index, finish_reason="error", error=str(problem)))
                 continue
-            prompts.append(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
+            prompts.append(Request(prompt, request.sampling, self.tokenizer.stop_token_ids, index))
         yield from failed
         for event in generate_batch(self.model, prompts, num_slots):
             yield from _answer_events(event, streams[event.request_id])

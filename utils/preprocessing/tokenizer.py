@@ -74,6 +74,11 @@ class LlamaTokenizer:
         return self._sp.eos_id()
 
     @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Ids that end an answer: eos."""
+        return (self.eos_token_id,)
+
+    @property
     def unk_token_id(self) -> int:
         return self._sp.unk_id()
 
