@@ -155,10 +155,42 @@ def test_batch_jobs_over_a_folder_and_a_jobs_file(scratch):
     assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == ["3640"]
 
 
+def hf_folder(fixture, folder: Path) -> Path:
+    """A tiny stand-in for a downloaded THUDM/glm-4v-9b or cogagent-9b-20241220 folder (weights from the recipe)."""
+    from safetensors.torch import save_file
+    from glm4v_reference import regenerate_hf_weights
+    folder.mkdir(parents=True)
+    save_file(regenerate_hf_weights(fixture), folder / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(fixture / "config.json", folder)
+    shutil.copy(REPO_ROOT / "tests" / "fixtures" / "glm4-tokenizer" / "tokenizer.model", folder)
+    return folder
+
+
+def test_glm4v_9b_and_cogagent_9b_convert_and_chat(scratch):
+    from glm4v_reference import COGAGENT9B_TINY, GLM4V_TINY
+    convert, chat, one_shot = (commands_with("--sat $SAT_HOME/glm-4v-9b")[0], commands_with("glm-4v-9b --bf16")[0],
+                               commands_with("cogagent-9b-20241220 --image screenshot.png")[0])
+    run(convert, scratch, substitutions=[("/data/glm-4v-9b", hf_folder(GLM4V_TINY, scratch["dir"] / "hf-glm4v"))])
+    result = run(chat, scratch, stdin=f"{GLM4V_TINY / 'image.png'}\nWhat is on the screen?\nstop\n")
+    assert len(answers(result.stdout)) == 1 and answers(result.stdout)[0].strip() != "Model:"
+    agent_hf = hf_folder(COGAGENT9B_TINY, scratch["dir"] / "hf-cogagent9b")
+    run(f"python utils/convert_hf_checkpoint.py --hf {agent_hf} --sat $SAT_HOME/cogagent-9b-20241220", scratch)
+    result = run(one_shot, scratch, substitutions=[("screenshot.png", COGAGENT9B_TINY / "image.png")])
+    assert result.stdout.strip()
+
+
+def test_the_agent_parse_example_prints_the_step_in_pixels(scratch):
+    result = run(commands_with("basic_demo/agent_parse.py")[0], scratch)
+    step = json.loads(result.stdout)
+    # The box centre in thousandths, (265, 196.5), on 1920 x 1080 pixels.
+    assert (step["operation"], step["sensitive"], step["point"]) == ("CLICK", True, [509, 212])
+    assert step["arguments"]["element_info"] == "Submit, now"
+
+
 TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
                "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
                "utils/merge_model.py", "openai_demo/openai_api.py", "openai_demo/openai_api_request.py",
-               "basic_demo/batch_infer.py")
+               "basic_demo/batch_infer.py", "glm-4v-9b", "cogagent-9b-20241220", "basic_demo/agent_parse.py")
 
 
 def test_every_readme_command_is_run_by_a_test():
