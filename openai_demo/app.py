@@ -3,6 +3,7 @@
 Every error is OpenAI's JSON shape (protocol.ApiError): bad input is a 4xx with one line saying what is wrong,
 a full queue a 429 with Retry-After, a failure inside the model a 500; FastAPI's own validation and routing
 errors are reworded into the same shape. A client that disconnects cancels its request, which frees its slot.
+An agent request (agent.py) is the same request with a query the server builds and the parsed step beside the answer.
 """
 from __future__ import annotations
 

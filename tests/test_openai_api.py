@@ -3,7 +3,8 @@ the official `openai` client (and raw HTTP where the client would hide the wire 
 a roomy one (4 slots) and a small one (1 slot, a queue of 1) for the capacity and cancellation tests.
 
 The captcha model's answers are known: it reads the text of each example image (its file name), and the CLI prints
-that answer (tested here for 3640.png)."""
+that answer (tested here for 3640.png). It is no GUI agent: the agent extension's tests check the query it builds and
+that its answers are reported as unparsed steps; parsed steps are checked without a model."""
 from __future__ import annotations
 
 import asyncio
@@ -590,6 +591,25 @@ def test_a_streamed_agent_answer_sends_its_step_in_the_last_chunk(server):
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].choices[0].delta.model_extra["agent_step"] == UNPARSED_STEP
     assert not any("agent_step" in (c.choices[0].delta.model_extra or {}) for c in chunks[:-1])
+
+
+def test_a_cogagent_checkpoint_answers_an_agent_request_as_the_typed_query():
+    from cogvlm.utils.agent.protocol import build_query
+
+    fixture = REPO_ROOT / "tests" / "fixtures" / "cogagent-tiny"
+    image = fixture / "image.png"
+    with running_server("--from_pretrained", str(fixture / "checkpoint"), "--local_tokenizer",
+                        str(fixture / "tokenizer.model"), "--num_slots", "2", timeout=HANG_TIMEOUT) as base_url:
+        chat = client(base_url).chat.completions
+        agent = chat.create(model="m", messages=screenshot_only(image), max_tokens=6,
+                            extra_body={"agent": {"task": "Open the mail", "platform": "WIN"}})
+        plain = chat.create(model="m", messages=ask(image, build_query("Open the mail", platform="WIN")),
+                            max_tokens=6)
+    assert (agent.choices[0].message.content, agent.usage.prompt_tokens) == \
+        (plain.choices[0].message.content, plain.usage.prompt_tokens)
+    # The tiny model's random weights write no step: cut off at max_tokens, reported as unparsed.
+    assert agent.choices[0].finish_reason == "length"
+    assert agent.choices[0].message.model_extra["agent_step"] == UNPARSED_STEP
 
 
 def agent_body(agent, messages=None) -> dict:
