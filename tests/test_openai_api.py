@@ -652,17 +652,27 @@ def test_bad_agent_fields_get_a_400_naming_the_field(server, name):
     assert fragment in error["message"] and "\n" not in error["message"]
 
 
-def test_the_client_example_asks_for_an_agent_step(server, tmp_path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_client_example_asks_for_an_agent_step(server, tmp_path, stream):
     earlier = tmp_path / "answer0.txt"
     earlier.write_text(EARLIER_ANSWER, encoding="utf-8")
     command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
                f"{server}/v1", "--image", str(SCREENSHOT), "--agent_task", "Read the code", "--platform", "WIN",
-               "--history", str(earlier)]
+               "--history", str(earlier), *(["--stream"] * stream)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT, encoding="utf-8")
     assert result.returncode == 0, result.stderr[-2000:]
     *answer, step = result.stdout.splitlines()
     assert answer and step.startswith("agent_step: ")
     assert json.loads(step[len("agent_step: "):]) == UNPARSED_STEP
+
+
+def test_the_client_example_names_a_missing_history_file(tmp_path):
+    missing = tmp_path / "answer0.txt"
+    command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
+               "http://127.0.0.1:9/v1", "--image", str(SCREENSHOT), "--agent_task", "Read the code", "--history",
+               str(missing)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert (result.returncode, result.stderr) == (1, f"Error: cannot read {missing}: No such file or directory\n")
 
 
 # Units: the query and the step, without a model.
