@@ -37,6 +37,7 @@ from cogvlm.utils.agent.protocol import HistoryStep, build_query, parse_format, 
 
 from .protocol import AgentHistoryStep, AgentOptions, ApiError, ChatCompletionRequest, Conversation, ImagePart, TextPart
 
+
 def _screenshot_url(request: ChatCompletionRequest) -> str:
     """The one user message's one image; ApiError for any other message shape."""
     messages = request.messages

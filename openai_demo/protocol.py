@@ -96,7 +96,7 @@ class AgentHistoryStep(_Lenient):
 class AgentOptions(BaseModel):
     """The agent extension (openai_demo/agent.py): the server builds CogAgent-9B's query from these fields.
     Strict types and no unknown fields: a misspelt field must not be silently dropped from the query."""
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     task: StrictStr
     # The model's earlier answers verbatim (the server reads each one's step), or the steps themselves.

@@ -689,8 +689,8 @@ def agent_request(agent: dict):
      "Task: Open the mail\nHistory steps: \n(Platform: Mac)\n(Answer in Action-Operation-Sensitive format.)"),
     ({"task": "Open the mail", "history": [EARLIER_ANSWER, {"grounded_operation": "END()", "action": "Done."}],
       "platform": "Mobile", "format": "status_action_op", "continue": True},
-     f"Task: Open the mail[Continue]\n\nHistory steps: \n{EARLIER_LINE}\n1. END()\tDone.\n(Platform: Mobile)\n"
-     f"(Answer in Status-Action-Operation format.)"),
+     (f"Task: Open the mail[Continue]\n\nHistory steps: \n{EARLIER_LINE}\n1. END()\tDone.\n(Platform: Mobile)\n"
+      f"(Answer in Status-Action-Operation format.)")),
 ])
 def test_the_server_builds_the_agent_query_of_build_query(agent, query):
     from cogvlm.openai_demo.agent import agent_conversation
