@@ -3,6 +3,7 @@
 Every error is OpenAI's JSON shape (protocol.ApiError): bad input is a 4xx with one line saying what is wrong,
 a full queue a 429 with Retry-After, a failure inside the model a 500; FastAPI's own validation and routing
 errors are reworded into the same shape. A client that disconnects cancels its request, which frees its slot.
+An agent request (agent.py) is the same request with a query the server builds and the parsed step beside the answer.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from cogvlm.utils.inference.engine import Request as EngineRequest
 from cogvlm.utils.inference.generation import SamplingConfig
 from cogvlm.utils.inference.messages import describe
 
+from .agent import agent_conversation, agent_step_field
 from .engine_loop import EngineLoop, Finished, Piece
 from .images import ImagePolicy, load_request_image
-from .protocol import (ApiError, ChatCompletionRequest, boxes_field, chunk, completion, conversation, error_body,
+from .protocol import (ApiError, ChatCompletionRequest, chunk, completion, conversation, error_body, grounding_fields,
                        new_completion_id, parse_request, sse, usage, validation_error)
 
 # Below this, dividing the logits by the temperature overflows float32 (inf, then NaN probabilities): greedy instead,
@@ -81,12 +83,12 @@ def create_app(engine: EngineLoop, options: ServerOptions) -> FastAPI:
         job = engine.submit(prepared.request, prepared.stops)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(stream(engine, job, options.model_name, prepared.prompt_tokens, include_usage),
+            return StreamingResponse(stream(engine, job, options.model_name, prepared, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         finished = await answer_unless_disconnected(engine, job, request)
         if finished is None:
             return JSONResponse(error_body("the client disconnected", "invalid_request_error"), status_code=499)
-        return completion_response(finished, job.request_id, options.model_name, prepared.prompt_tokens)
+        return completion_response(finished, job.request_id, options.model_name, prepared)
 
     return app
 
@@ -101,26 +103,33 @@ class Prepared:
     request: EngineRequest
     stops: tuple[str, ...]
     prompt_tokens: int
+    agent_screen: tuple[int, int] | None = None     # an agent request's screenshot (width, height): its step's pixels
+
+    def agent_fields(self, text: str) -> dict:
+        """The agent extension of the answer's message (or last chunk's delta): {} unless an agent request."""
+        return {} if self.agent_screen is None else {"agent_step": agent_step_field(text, self.agent_screen)}
 
 
 def prepare(chat, body: ChatCompletionRequest, options: ServerOptions) -> Prepared:
     """The engine request of a chat completion (image read and preprocessed, prompt built and checked against
     the context): ApiError for bad input. Runs in a worker thread: reading an image takes a while."""
-    talk = conversation(body)
+    talk = agent_conversation(body) if body.agent is not None else conversation(body)
     stops = body.stop_sequences()
     if talk.image_url is None and not options.allow_text_only:
         raise ApiError(400, "this model answers questions about an image: add an image_url part to a user message",
                        "messages", "image_required")
-    image = None
+    image = screen = None
     if talk.image_url is not None:
-        image = chat.preprocess(load_request_image(talk.image_url, options.images))
+        picture = load_request_image(talk.image_url, options.images)
+        screen = picture.size if body.agent is not None else None
+        image = chat.preprocess(picture)
     try:
         prompt = chat.prompt(talk.query, talk.history, image)
     except ValueError as problem:           # an empty query, a bad history
         raise ApiError(400, describe(problem), "messages") from None
     sampling = sampling_of(body, len(prompt), int(prompt.image_embed_mask.sum()), options.max_length)
     stop_ids = () if body.ignore_eos else (chat.tokenizer.eos_token_id,)
-    return Prepared(EngineRequest(prompt, sampling, stop_ids, new_completion_id()), stops, len(prompt))
+    return Prepared(EngineRequest(prompt, sampling, stop_ids, new_completion_id()), stops, len(prompt), screen)
 
 
 def sampling_of(body: ChatCompletionRequest, prompt_tokens: int, image_tokens: int, context: int) -> SamplingConfig:
@@ -147,11 +156,11 @@ def _error_of(finished: Finished) -> ApiError:
     return ApiError(400, finished.error or "the request could not be answered", "messages")
 
 
-def completion_response(finished: Finished, completion_id: str, model: str, prompt_tokens: int) -> dict:
+def completion_response(finished: Finished, completion_id: str, model: str, prepared: Prepared) -> dict:
     if finished.reason in ("error", "failure"):
         raise _error_of(finished)
-    return completion(completion_id, model, finished.text, finished.reason, prompt_tokens,
-                      finished.completion_tokens)
+    return completion(completion_id, model, finished.text, finished.reason, prepared.prompt_tokens,
+                      finished.completion_tokens, prepared.agent_fields(finished.text))
 
 
 async def _finished(job) -> Finished:
@@ -180,7 +189,7 @@ async def answer_unless_disconnected(engine: EngineLoop, job, request: Request) 
     return answer.result() if not answer.cancelled() else None
 
 
-async def stream(engine: EngineLoop, job, model: str, prompt_tokens: int, include_usage: bool):
+async def stream(engine: EngineLoop, job, model: str, prepared: Prepared, include_usage: bool):
     """OpenAI's chunks as server-sent events, then `data: [DONE]`. When the client disconnects, Starlette cancels
     this generator at its `await`: the request is cancelled and its slot freed."""
     finished = None
@@ -196,11 +205,10 @@ async def stream(engine: EngineLoop, job, model: str, prompt_tokens: int, includ
         if finished.reason in ("error", "failure"):
             yield sse(_error_of(finished).body())
         else:
-            boxes = boxes_field(finished.text)
-            delta = {} if boxes is None else {"boxes": boxes}
+            delta = {**grounding_fields(finished.text), **prepared.agent_fields(finished.text)}
             yield sse(chunk(job.request_id, model, delta, finished.reason))
             if include_usage:
-                yield sse(chunk(job.request_id, model, {}, usage_counts=usage(prompt_tokens,
+                yield sse(chunk(job.request_id, model, {}, usage_counts=usage(prepared.prompt_tokens,
                                                                               finished.completion_tokens)))
         yield sse("[DONE]")
     finally:

@@ -6,7 +6,9 @@
     torchrun --nproc-per-node=2 openai_demo/openai_api.py ...            # split across 2 processes (model parallel)
 
 Routes: POST /v1/chat/completions (text and image_url parts, stream, max_tokens, temperature, top_p, stop, seed;
-usage counts; grounding boxes in choices[0].message.boxes), GET /v1/models, GET /health (slots in use, queue).
+usage counts; grounding boxes in choices[0].message.boxes; with a top-level `agent` object, CogAgent-9B's
+GUI-agent query built by the server and the parsed step in choices[0].message.agent_step: see agent.py),
+GET /v1/models, GET /health (slots in use, queue).
 Requests from all clients are answered together by continuous batching in --num_slots rows; up to --max_queue more
 wait; beyond that a request gets 429 with Retry-After. Bad input gets a 4xx with OpenAI's error JSON.
 Under torchrun, rank 0 serves HTTP and every rank steps the same batches.

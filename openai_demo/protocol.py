@@ -16,7 +16,11 @@ Grounding answers also carry their boxes (an extension field clients may ignore)
 corners in thousandths of the image width and height, as the model writes them. It is absent when the answer holds
 no box.
 
-Imports pydantic only: the server's request checks need neither torch nor the model.
+The agent extension (a top-level `agent` object: CogAgent-9B's query built by the server, the parsed step in
+`choices[0].message.agent_step`) is described in agent.py.
+
+Imports pydantic (and the pure-Python agent protocol) only: the server's request checks need neither torch nor
+the model.
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from cogvlm.utils.agent.protocol import DEFAULT_FORMAT, Platform
 
 MAX_STOP_SEQUENCES = 4          # as OpenAI's API
 
@@ -81,6 +87,25 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class AgentHistoryStep(_Lenient):
+    """An earlier step as the query repeats it (utils/agent/protocol.HistoryStep): each one line, as written."""
+    grounded_operation: StrictStr
+    action: StrictStr
+
+
+class AgentOptions(BaseModel):
+    """The agent extension (openai_demo/agent.py): the server builds CogAgent-9B's query from these fields.
+    Strict types and no unknown fields: a misspelt field must not be silently dropped from the query."""
+    model_config = ConfigDict(extra="forbid")
+
+    task: StrictStr
+    # The model's earlier answers verbatim (the server reads each one's step), or the steps themselves.
+    history: list[StrictStr | AgentHistoryStep] = Field(default_factory=list)
+    platform: StrictStr = Platform.MAC.value            # as the agent CLI's default (the published one)
+    format: StrictStr = DEFAULT_FORMAT.value
+    continue_task: StrictBool = Field(False, alias="continue")
+
+
 class ChatCompletionRequest(_Lenient):
     model: str | None = None            # one model is served: any name is accepted
     messages: list[Message] = Field(min_length=1)
@@ -98,6 +123,7 @@ class ChatCompletionRequest(_Lenient):
     repetition_penalty: float = Field(1.0, ge=0.01, le=100)     # bounded: logits stay finite when divided
     top_k: int = Field(0, ge=0)
     ignore_eos: bool = False
+    agent: AgentOptions | None = None       # CogAgent-9B's GUI-agent query and parsed step (openai_demo/agent.py)
 
     @property
     def answer_limit(self) -> int | None:
@@ -113,7 +139,8 @@ class ChatCompletionRequest(_Lenient):
         return tuple(stops)
 
 
-# Pydantic names the member of a union it tried in the error location ("str", "list[...]"): not a field name.
+# Pydantic names the member of a union it tried in the error location ("str", "list[...]", or a model's class name
+# such as "AgentHistoryStep"): not a field name (field names are lower case).
 _UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -123,7 +150,7 @@ def _location(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part != "body" and "[" not in part and part not in _UNION_MEMBERS:
+        elif part != "body" and "[" not in part and part not in _UNION_MEMBERS and not part[:1].isupper():
             text += f".{part}" if text else part
     return text
 
@@ -224,12 +251,16 @@ def boxes_field(text: str) -> list[dict] | None:
             for item in grounded]
 
 
-def completion(completion_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int) -> dict:
-    message = {"role": "assistant", "content": text}
+def grounding_fields(text: str) -> dict:
+    """{"boxes": boxes_field(text)}, or {} when the answer holds no box."""
     boxes = boxes_field(text)
-    if boxes is not None:
-        message["boxes"] = boxes
+    return {} if boxes is None else {"boxes": boxes}
+
+
+def completion(completion_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+               completion_tokens: int, extensions: dict | None = None) -> dict:
+    """A chat.completion body; its message has the grounding boxes and `extensions` beside the content."""
+    message = {"role": "assistant", "content": text, **grounding_fields(text), **(extensions or {})}
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
             "usage": usage(prompt_tokens, completion_tokens)}

@@ -3,7 +3,8 @@ the official `openai` client (and raw HTTP where the client would hide the wire 
 a roomy one (4 slots) and a small one (1 slot, a queue of 1) for the capacity and cancellation tests.
 
 The captcha model's answers are known: it reads the text of each example image (its file name), and the CLI prints
-that answer (tested here for 3640.png)."""
+that answer (tested here for 3640.png). It is no GUI agent: the agent extension's tests check the query it builds and
+that its answers are reported as unparsed steps; parsed steps are checked without a model."""
 from __future__ import annotations
 
 import asyncio
@@ -540,3 +541,215 @@ def test_a_failure_inside_the_model_answers_its_requests_and_the_loop_goes_on(ca
     finally:
         engine.stop()
     assert engine.stats.ended["failure"] == 1 and engine.stats.in_flight == 0
+
+
+# --- the agent extension (openai_demo/agent.py) ----------------------------------------------------------------------
+
+SCREENSHOT = EXAMPLES / "3640.png"          # 160 x 60 pixels
+# An answer of the model, as an earlier step the client sends back, and the history line the query makes of it.
+EARLIER_ANSWER = ("Action: Click the 'Inbox' folder, then wait.\nGrounded Operation: CLICK(box=[[10,20,110,220]], "
+                  "element_type='Button', element_info='Inbox, (3) unread')\n<<一般操作>>")
+EARLIER_LINE = "0. CLICK(box=[[10,20,110,220]], element_type='Button', element_info='Inbox, (3) unread')\t" \
+               "Click the 'Inbox' folder, then wait."
+UNPARSED_STEP = {"operation": None, "reason": "the answer has no 'Grounded Operation:' line", "arguments": {},
+                 "sensitive": None, "sensitivity": None, "status": None, "plan": None, "action": None,
+                 "grounded_operation": None, "box_pixels": None, "point": None}
+
+
+def screenshot_only(image: Path = SCREENSHOT) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}]}]
+
+
+def test_an_agent_request_is_the_cli_query_and_its_unparsed_answer_is_no_error(server):
+    from cogvlm.utils.agent.protocol import HistoryStep, build_query
+
+    agent = {"task": "Read the code", "platform": "WIN", "format": "status_plan_action_op",
+             "history": [EARLIER_ANSWER, {"grounded_operation": "TYPE(box=[[1,2,3,4]], text='x')", "action": "Type."}]}
+    chat = client(server).chat.completions
+    response = chat.create(model="m", messages=screenshot_only(), extra_body={"agent": agent})
+    query = build_query("Read the code", [HistoryStep("CLICK(box=[[10,20,110,220]], element_type='Button', "
+                                                      "element_info='Inbox, (3) unread')",
+                                                      "Click the 'Inbox' folder, then wait."),
+                                          HistoryStep("TYPE(box=[[1,2,3,4]], text='x')", "Type.")],
+                        "WIN", "status_plan_action_op")
+    plain = chat.create(model="m", messages=ask(SCREENSHOT, query))
+    # The same prompt as the query typed by hand: the same greedy answer from as many prompt tokens.
+    assert (response.choices[0].message.content, response.usage.prompt_tokens) == \
+        (plain.choices[0].message.content, plain.usage.prompt_tokens)
+    # The captcha reader is no agent: its answer parses to no operation, which is reported, not refused.
+    assert response.choices[0].finish_reason == "stop"
+    assert response.choices[0].message.model_extra["agent_step"] == UNPARSED_STEP
+    assert "agent_step" not in plain.choices[0].message.model_extra
+
+
+def test_a_streamed_agent_answer_sends_its_step_in_the_last_chunk(server):
+    chat = client(server).chat.completions
+    agent = {"agent": {"task": "Read the code", "continue": True}}
+    whole = chat.create(model="m", messages=screenshot_only(), extra_body=agent)
+    chunks = list(chat.create(model="m", messages=screenshot_only(), extra_body=agent, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].delta.model_extra["agent_step"] == UNPARSED_STEP
+    assert not any("agent_step" in (c.choices[0].delta.model_extra or {}) for c in chunks[:-1])
+
+
+def test_a_cogagent_checkpoint_answers_an_agent_request_as_the_typed_query():
+    from cogvlm.utils.agent.protocol import build_query
+
+    fixture = REPO_ROOT / "tests" / "fixtures" / "cogagent-tiny"
+    image = fixture / "image.png"
+    with running_server("--from_pretrained", str(fixture / "checkpoint"), "--local_tokenizer",
+                        str(fixture / "tokenizer.model"), "--num_slots", "2", timeout=HANG_TIMEOUT) as base_url:
+        chat = client(base_url).chat.completions
+        agent = chat.create(model="m", messages=screenshot_only(image), max_tokens=6,
+                            extra_body={"agent": {"task": "Open the mail", "platform": "WIN"}})
+        plain = chat.create(model="m", messages=ask(image, build_query("Open the mail", platform="WIN")),
+                            max_tokens=6)
+    assert (agent.choices[0].message.content, agent.usage.prompt_tokens) == \
+        (plain.choices[0].message.content, plain.usage.prompt_tokens)
+    # The tiny model's random weights write no step: cut off at max_tokens, reported as unparsed.
+    assert agent.choices[0].finish_reason == "length"
+    assert agent.choices[0].message.model_extra["agent_step"] == UNPARSED_STEP
+
+
+def agent_body(agent, messages=None) -> dict:
+    return {"messages": messages if messages is not None else screenshot_only(), "agent": agent}
+
+
+BAD_AGENT_INPUTS = {
+    "an empty task": (agent_body({"task": "  "}), "agent.task", "agent.task is empty"),
+    "no task": (agent_body({"platform": "WIN"}), "agent.task", "Field required"),
+    "a task that is no string": (agent_body({"task": 7}), "agent.task", "valid string"),
+    "an unknown platform": (agent_body({"task": "a", "platform": "win"}), "agent.platform",
+                            "unknown platform 'win': choose one of WIN, Mac, Mobile"),
+    "an unknown format": (agent_body({"task": "a", "format": "op"}), "agent.format", "unknown answer format 'op'"),
+    "a misspelt field": (agent_body({"task": "a", "platfrom": "WIN"}), "agent.platfrom", "Extra inputs"),
+    "continue that is no boolean": (agent_body({"task": "a", "continue": "yes"}), "agent.continue", "boolean"),
+    "agent that is no object": (agent_body("open the mail"), "agent", "valid dictionary"),
+    "a history step without its operation": (agent_body({"task": "a", "history": [{"action": "Click."}]}),
+                                             "agent.history[0].grounded_operation", "Field required"),
+    "a history answer without a step": (agent_body({"task": "a", "history": [EARLIER_ANSWER, "3640"]}),
+                                        "agent.history[1]", "no step can be read from this answer"),
+    "a history step over two lines": (agent_body({"task": "a", "history": [{"grounded_operation": "END()",
+                                                                            "action": "Done.\nReally."}]}),
+                                      "agent.history", "must be one line"),
+    "user text beside the screenshot": (agent_body({"task": "a"}, ask(SCREENSHOT)), "messages[0].content",
+                                        "put the task in agent.task"),
+    "no screenshot": (agent_body({"task": "a"}, [{"role": "user", "content": ""}]), "messages[0].content",
+                      "must hold the screenshot"),
+    "an assistant turn": (agent_body({"task": "a"}, [*screenshot_only(), {"role": "assistant", "content": "x"},
+                                                     *screenshot_only()]), "messages", "agent.history"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_AGENT_INPUTS)
+def test_bad_agent_fields_get_a_400_naming_the_field(server, name):
+    body, param, fragment = BAD_AGENT_INPUTS[name]
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=HANG_TIMEOUT)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert fragment in error["message"] and "\n" not in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_client_example_asks_for_an_agent_step(server, tmp_path, stream):
+    earlier = tmp_path / "answer0.txt"
+    earlier.write_text(EARLIER_ANSWER, encoding="utf-8")
+    command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
+               f"{server}/v1", "--image", str(SCREENSHOT), "--agent_task", "Read the code", "--platform", "WIN",
+               "--history", str(earlier), *(["--stream"] * stream)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT, encoding="utf-8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    *answer, step = result.stdout.splitlines()
+    assert answer and step.startswith("agent_step: ")
+    assert json.loads(step[len("agent_step: "):]) == UNPARSED_STEP
+
+
+def test_the_client_example_names_a_missing_history_file(tmp_path):
+    missing = tmp_path / "answer0.txt"
+    command = [sys.executable, str(REPO_ROOT / "openai_demo" / "openai_api_request.py"), "--base_url",
+               "http://127.0.0.1:9/v1", "--image", str(SCREENSHOT), "--agent_task", "Read the code", "--history",
+               str(missing)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert (result.returncode, result.stderr) == (1, f"Error: cannot read {missing}: No such file or directory\n")
+
+
+# Units: the query and the step, without a model.
+
+def agent_request(agent: dict):
+    from cogvlm.openai_demo.protocol import parse_request
+
+    return parse_request(json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:screen"}}]}], "agent": agent}).encode())
+
+
+@pytest.mark.parametrize("agent, query", [
+    ({"task": "Open the mail"},
+     "Task: Open the mail\nHistory steps: \n(Platform: Mac)\n(Answer in Action-Operation-Sensitive format.)"),
+    ({"task": "Open the mail", "history": [EARLIER_ANSWER, {"grounded_operation": "END()", "action": "Done."}],
+      "platform": "Mobile", "format": "status_action_op", "continue": True},
+     (f"Task: Open the mail[Continue]\n\nHistory steps: \n{EARLIER_LINE}\n1. END()\tDone.\n(Platform: Mobile)\n"
+      f"(Answer in Status-Action-Operation format.)")),
+])
+def test_the_server_builds_the_agent_query_of_build_query(agent, query):
+    from cogvlm.openai_demo.agent import agent_conversation
+    from cogvlm.utils.agent.protocol import HistoryStep, build_query
+
+    talk = agent_conversation(agent_request(agent))
+    assert (talk.query, talk.history, talk.image_url) == (query, [], "data:screen")
+    history = [HistoryStep(*line.split(". ", 1)[1].split("\t")) for line in query.splitlines()
+               if line[:1].isdigit()]
+    assert talk.query == build_query(agent["task"], history, agent.get("platform", "Mac"),
+                                     agent.get("format", "action_op_sensitive"),
+                                     continue_task=agent.get("continue", False))
+
+
+SENSITIVE_ANSWER = ("Status: The mail app is open.\nPlan: 1. Delete the draft; 2. Done.\nAction: Delete the draft.\n"
+                    "Grounded Operation: CLICK(box=[[500,250,700,750]], element_type='Button', "
+                    "element_info='Delete \"draft, v2\"')\n<<敏感操作>>")
+
+
+def test_an_answer_becomes_its_agent_step_in_pixels_of_the_screenshot():
+    from cogvlm.openai_demo.agent import agent_step_field
+
+    assert agent_step_field(SENSITIVE_ANSWER, (1920, 1080)) == {
+        "operation": "CLICK", "reason": None,
+        "arguments": {"box": [500, 250, 700, 750], "element_type": "Button", "element_info": 'Delete "draft, v2"'},
+        "sensitive": True, "sensitivity": "敏感操作", "status": "The mail app is open.",
+        "plan": "1. Delete the draft; 2. Done.", "action": "Delete the draft.",
+        "grounded_operation": "CLICK(box=[[500,250,700,750]], element_type='Button', "
+                              "element_info='Delete \"draft, v2\"')",
+        "box_pixels": [960, 270, 1344, 810], "point": [1152, 540]}
+    cut_off = agent_step_field("Action: Type.\nGrounded Operation: TYPE(box=[[1,2,3,4]], text='hel", (100, 100))
+    assert cut_off["operation"] is None and cut_off["reason"] and cut_off["action"] == "Type."
+
+
+class FakeJob:
+    def __init__(self, *events):
+        self.request_id = "chatcmpl-test"
+        self.events = asyncio.Queue()
+        for event in events:
+            self.events.put_nowait(event)
+
+
+def test_a_parsed_step_reaches_the_message_and_the_last_chunk():
+    from cogvlm.openai_demo.app import Prepared, completion_response, stream
+    from cogvlm.openai_demo.engine_loop import Finished, Piece
+
+    prepared = Prepared(request=None, stops=(), prompt_tokens=10, agent_screen=(1920, 1080))
+    finished = Finished("stop", SENSITIVE_ANSWER, 30)
+    message = completion_response(finished, "chatcmpl-test", "m", prepared)["choices"][0]["message"]
+    assert (message["content"], message["agent_step"]["point"]) == (SENSITIVE_ANSWER, [1152, 540])
+    assert message["agent_step"]["sensitive"] is True
+
+    async def events():
+        return [line async for line in stream(None, FakeJob(Piece(SENSITIVE_ANSWER), finished), "m", prepared,
+                                              False)]
+
+    lines = asyncio.run(events())
+    last = json.loads(lines[-2][len("data: "):])["choices"][0]
+    assert last["finish_reason"] == "stop" and last["delta"]["agent_step"] == message["agent_step"]
+    assert lines[-1] == "data: [DONE]\n\n"
+    plain = Prepared(request=None, stops=(), prompt_tokens=10)
+    assert "agent_step" not in completion_response(finished, "id", "m", plain)["choices"][0]["message"]
