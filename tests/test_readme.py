@@ -121,7 +121,7 @@ def test_the_python_example_runs_and_reads_the_captcha(scratch):
 def test_the_openai_api_server_and_its_client_example(scratch):
     from cogvlm.openai_demo.local_server import _wait_until_up, free_port
     server = commands_with("openai_demo/openai_api.py")[0]
-    client = commands_with("openai_demo/openai_api_request.py")[0]
+    client = commands_with("--query \"What text is written in the image?\" --stream")[0]
     port = free_port()
     for old, new in [("/data/vicuna-7b-v1.5", scratch["tokenizer"]), ("--port 8000", f"--port {port}")]:
         assert old in server, (old, server)
@@ -133,6 +133,10 @@ def test_the_openai_api_server_and_its_client_example(scratch):
         _wait_until_up(process, f"http://127.0.0.1:{port}", timeout=600)
         result = run(client, scratch, substitutions=[("127.0.0.1:8000", f"127.0.0.1:{port}")])
         assert result.stdout.strip().splitlines()[-1] == "3640"
+        # The agent extension: the captcha reader's answer is no agent step, and says so.
+        result = run(commands_with("--agent_task")[0], scratch,
+                     substitutions=[("127.0.0.1:8000", f"127.0.0.1:{port}"), ("screenshot.png", IMAGE)])
+        assert result.stdout.strip().splitlines()[-1].startswith('agent_step: {"operation": null')
     finally:
         process.send_signal(signal.SIGINT)
         try:
