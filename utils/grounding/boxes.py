@@ -297,7 +297,14 @@ def _label_position(
 
 
 def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path) -> Path:
-    """Save a PNG copy of `image` (converted to RGB) with each phrase's boxes outlined and labelled; return path.
+    """Save a PNG copy of `image` with each phrase's boxes drawn (see render_boxes); return path."""
+    path = Path(path)
+    render_boxes(image, grounded).save(path, format="PNG")
+    return path
+
+
+def render_boxes(image: Any, grounded: Iterable[GroundedPhrase]) -> Any:
+    """A copy of `image` (converted to RGB) with each phrase's boxes outlined and labelled; `image` is unchanged.
 
     Phrase i uses colour BOX_COLORS[i % len(BOX_COLORS)]. Pixel corners follow Box.to_pixels, clipped to the
     image. The label (the phrase, PIL's default font, on a patch of the box colour) sits above the box, or inside
@@ -320,10 +327,7 @@ def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path)
             draw.rectangle((x0, y0, x1, y1), outline=color, width=line_width)
             if item.phrase:
                 _draw_label(draw, font, item.phrase, (x0, y0, x1, y1), (width, height), line_width, color)
-
-    path = Path(path)
-    canvas.save(path, format="PNG")
-    return path
+    return canvas
 
 
 def _draw_label(draw: Any, font: Any, label: str, box: Sequence[int], image_size: tuple[int, int],

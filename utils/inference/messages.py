@@ -1,4 +1,4 @@
-"""Every user-facing string of the command-line demos, in English and Chinese, in one table.
+"""Every user-facing string of the command-line and web demos, in English and Chinese, in one table.
 
 Errors raised deeper (checkpoint, tokenizer, image, prompt) carry their detail in English (paths, sizes, flags);
 `describe` gives them a wording of the interface's language through the table entry of their exception class.
@@ -32,6 +32,12 @@ MESSAGES = {
     "image_and_query": {"en": "--image and --query go together", "zh": "--image 与 --query 须同时给出"},
     "fp16_and_bf16": {"en": "choose one of --fp16 and --bf16", "zh": "--fp16 与 --bf16 只能选一个"},
     "max_length_too_small": {"en": "--max_length must be at least 2", "zh": "--max_length 至少为 2"},
+    "no_image": {"en": "upload an image first", "zh": "请先上传图像"},
+    "port_out_of_range": {"en": "--port must be between 1 and 65535, got {port}",
+                          "zh": "--port 须在 1 到 65535 之间，当前为 {port}"},
+    "web_one_process": {"en": "the web demo runs in one process; use the CLI under torchrun for model parallel",
+                        "zh": "网页演示只在单进程运行；模型并行请在 torchrun 下使用命令行"},
+    "no_agent_step": {"en": "the answer names no plan, action or operation", "zh": "回答中没有计划、动作或操作"},
     # Errors raised deeper: English is their own text; Chinese says what failed and keeps the detail.
     "checkpoint_error": {"en": "{detail}", "zh": "无法加载检查点：{detail}"},
     "download_error": {"en": "{detail}", "zh": "下载模型失败：{detail}"},
