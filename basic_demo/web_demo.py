@@ -246,7 +246,8 @@ def build_demo(page: DemoPage, heading: str):
 
         sampling_inputs = [temperature, top_p, top_k, max_length]
         outputs = [session, chatbot, picture, status, agent_step]
-        model_call = {"concurrency_limit": 1, "concurrency_id": "model"}   # one model: one answer at a time
+        # One model: one answer at a time. Progress shows on the chat only, not over the status and step lines.
+        model_call = {"concurrency_limit": 1, "concurrency_id": "model", "show_progress_on": [chatbot]}
 
         # Gradio streams from generator functions only (it inspects the function, not what it returns).
         def send_query(state, text, *controls):
@@ -310,8 +311,8 @@ def main(argv=None) -> int:
     demo = build_demo(DemoPage(chat, defaults), heading(args.from_pretrained, chat.version))
     try:
         serve(demo, args.host, args.port, args.share)
-    except OSError as problem:                  # the port is taken, the address is not this machine's
-        console.error(describe(problem))
+    except OSError:                 # Gradio's text names its own parameters; say it with the flags
+        console.error(message("cannot_serve", host=args.host, port=args.port))
         return 1
     return 0
 
