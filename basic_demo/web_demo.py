@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,19 +55,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 @dataclass(frozen=True)
 class View:
     """The page after a request: the session (kept by Gradio between requests), the chat as Gradio's messages, the
-    image to show, a status line ('' or "Error: ..."), the agent step's description and the text left in the box
-    that was sent (cleared once a query is answered, kept after an error so that it can be corrected)."""
+    image to show, a status line ('' or "Error: ..."), the agent step's description, and the new text of the query
+    box: None leaves it as it is (the user may be typing the next query while an answer streams)."""
     session: Session
     messages: list[dict[str, str]]
     picture: Any
     status: str = ""
     agent_step: str = ""
-    draft: str = ""
+    draft: str | None = None
 
-    def outputs(self, draft: bool = False) -> tuple:
-        """The values in the order of build_demo's `outputs` (and the text box's, with `draft`)."""
-        values = (self.session, self.messages, self.picture, self.status, self.agent_step)
-        return values + (self.draft,) if draft else values
+    def outputs(self) -> tuple:
+        """The values in the order of build_demo's `outputs`."""
+        return self.session, self.messages, self.picture, self.status, self.agent_step
 
 
 def chat_messages(history: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -140,52 +140,52 @@ class DemoPage:
 
     def send(self, session: Session, query: str, temperature: float, top_p: float, top_k: float,
              max_length: float) -> Iterator[View]:
-        """Answer a chat query, streaming; then draw the answer's boxes, if any."""
+        """Answer a chat query, streaming; then draw the answer's boxes, if any. The query box is emptied as the
+        answer starts, and given the query back after an error, to be corrected."""
         yield from self._turn(session, query, (temperature, top_p, top_k, max_length),
-                              lambda answer: (mark_answer_boxes(session.picture, answer), ""), after="",
-                              on_error=query)
+                              lambda answer: (mark_answer_boxes(session.picture, answer), ""), query_box=True)
 
     def ask_agent(self, session: Session, mode_name: str, task: str, platform: str | None,
                   answer_format: str | None, temperature: float, top_p: float, top_k: float,
                   max_length: float) -> Iterator[View]:
         """Ask the agent mode's query for `task`, streaming; then show the parsed step and draw its target. The
-        task stays in its box (the next screenshot usually goes with the same task)."""
+        task stays in its box: the next screenshot usually goes with the same task."""
         try:
             mode = AGENT_MODES[mode_name]
             query = mode.query(task, platform or None, answer_format or None)
         except KeyError:
-            yield self._failed(session, f"unknown agent mode {mode_name!r}", task)
+            yield self._failed(session, f"unknown agent mode {mode_name!r}")
             return
         except ValueError as problem:           # an empty task, a platform or format the mode does not offer
-            yield self._failed(session, problem, task)
+            yield self._failed(session, problem)
             return
 
         def show(answer: str) -> tuple[Any, str]:
             step = mode.parse(answer)
             return mark_agent_step(session.picture, step), describe_step(step)
 
-        yield from self._turn(session, query, (temperature, top_p, top_k, max_length), show, after=task,
-                              on_error=task)
+        yield from self._turn(session, query, (temperature, top_p, top_k, max_length), show, query_box=False)
 
-    def _turn(self, session: Session, query: str, controls: tuple, show, after: str, on_error: str
-              ) -> Iterator[View]:
+    def _turn(self, session: Session, query: str, controls: tuple, show, query_box: bool) -> Iterator[View]:
         """Stream one turn; at its end `show(answer)` gives the marked picture (or None) and the agent step text.
-        The text box holds `after` once answered, `on_error` after an error. Errors (before or during the answer)
-        end the turn with one line; the session stays as it was."""
+        With `query_box`, the query came from the query box: it is emptied with the first text and given the query
+        back after an error. Errors (before or during the answer) end the turn with one line; the session stays
+        as it was."""
         before = chat_messages(session.history)
         try:
             sampling = self.sampling(*controls)
-            for text in stream_turn(self.chat, session, query, sampling):
-                yield View(session, before + chat_messages([(query, text)]), session.shown, draft=after)
+            for count, text in enumerate(stream_turn(self.chat, session, query, sampling)):
+                yield View(session, before + chat_messages([(query, text)]), session.shown,
+                           draft="" if query_box and count == 0 else None)
             marked, step = show(session.history[-1][1])
         except (ValueError, RuntimeError) as problem:   # bad input; a failure inside the model (one process)
-            yield self._failed(session, problem, on_error)
+            yield self._failed(session, problem, query if query_box else None)
             return
         session.marked = marked
-        yield View(session, chat_messages(session.history), session.shown, agent_step=step, draft=after)
+        yield View(session, chat_messages(session.history), session.shown, agent_step=step)
 
     @staticmethod
-    def _failed(session: Session, problem: BaseException | str, draft: str) -> View:
+    def _failed(session: Session, problem: BaseException | str, draft: str | None = None) -> View:
         status = problem if isinstance(problem, str) else describe(problem)
         return View(session, chat_messages(session.history), session.shown, message("error_prefix") + status,
                     draft=draft)
@@ -252,19 +252,18 @@ def build_demo(page: DemoPage, heading: str):
         # Gradio streams from generator functions only (it inspects the function, not what it returns).
         def send_query(state, text, *controls):
             for view in page.send(state, text, *controls):
-                yield view.outputs(draft=True)
+                yield *view.outputs(), gr.skip() if view.draft is None else view.draft
 
         def ask_agent(state, *values):
             for view in page.ask_agent(state, *values):
-                yield view.outputs(draft=True)
+                yield view.outputs()
 
         upload.change(lambda path: page.open(path).outputs(), [upload], outputs)
         for trigger in (clear.click, chatbot.clear):        # the button, and the chat's own trash icon
             trigger(lambda state: page.clear(state).outputs(), [session], outputs)
         for trigger in (query.submit, send.click):
             trigger(send_query, [session, query, *sampling_inputs], outputs + [query], **model_call)
-        ask.click(ask_agent, [session, mode, task, platform, answer_format, *sampling_inputs], outputs + [task],
-                  **model_call)
+        ask.click(ask_agent, [session, mode, task, platform, answer_format, *sampling_inputs], outputs, **model_call)
 
         def show_mode(name: str):
             platforms, formats = mode_choices(name)
@@ -286,11 +285,26 @@ def serve(demo, host: str, port: int, share: bool) -> None:
                         footer_links=[])
 
 
+def can_serve(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (checked before the minutes a large model takes to load;
+    launching checks again)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as the server will: TIME_WAIT is fine
+            probe.bind((host, port))
+    except OSError:                 # in use, not an address of this machine, or a name that does not resolve
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     console = Console(chinese=False)
     if console.world_size > 1:
         console.error(message("web_one_process"))
+        return 1
+    if not can_serve(args.host, args.port):
+        console.error(message("cannot_serve", host=args.host, port=args.port))
         return 1
     from cogvlm.utils.checkpoint_io.download import checkpoint_not_found
 
