@@ -52,17 +52,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- what the page shows, computed without Gradio ------------------------------------------------------------
 
 
+class Keep:
+    """A View value that leaves its part of the page as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = Keep()
+
+
 @dataclass(frozen=True)
 class View:
     """The page after a request: the session (kept by Gradio between requests), the chat as Gradio's messages, the
     image to show, a status line ('' or "Error: ..."), the agent step's description, and the new text of the query
-    box: None leaves it as it is (the user may be typing the next query while an answer streams)."""
+    box. KEEP leaves a part as it is: the image while an answer streams (not re-sent with every piece), the query
+    box while the user may be typing the next query."""
     session: Session
     messages: list[dict[str, str]]
     picture: Any
     status: str = ""
     agent_step: str = ""
-    draft: str | None = None
+    draft: str | Keep = KEEP
 
     def outputs(self) -> tuple:
         """The values in the order of build_demo's `outputs`."""
@@ -175,17 +186,17 @@ class DemoPage:
         try:
             sampling = self.sampling(*controls)
             for count, text in enumerate(stream_turn(self.chat, session, query, sampling)):
-                yield View(session, before + chat_messages([(query, text)]), session.shown,
-                           draft="" if query_box and count == 0 else None)
+                yield View(session, before + chat_messages([(query, text)]), KEEP,
+                           draft="" if query_box and count == 0 else KEEP)
             marked, step = show(session.history[-1][1])
         except (ValueError, RuntimeError) as problem:   # bad input; a failure inside the model (one process)
-            yield self._failed(session, problem, query if query_box else None)
+            yield self._failed(session, problem, query if query_box else KEEP)
             return
         session.marked = marked
         yield View(session, chat_messages(session.history), session.shown, agent_step=step)
 
     @staticmethod
-    def _failed(session: Session, problem: BaseException | str, draft: str | None = None) -> View:
+    def _failed(session: Session, problem: BaseException | str, draft: str | Keep = KEEP) -> View:
         status = problem if isinstance(problem, str) else describe(problem)
         return View(session, chat_messages(session.history), session.shown, message("error_prefix") + status,
                     draft=draft)
@@ -249,18 +260,21 @@ def build_demo(page: DemoPage, heading: str):
         # One model: one answer at a time. Progress shows on the chat only, not over the status and step lines.
         model_call = {"concurrency_limit": 1, "concurrency_id": "model", "show_progress_on": [chatbot]}
 
+        def values(view: View, *extra) -> tuple:
+            return tuple(gr.skip() if value is KEEP else value for value in (*view.outputs(), *extra))
+
         # Gradio streams from generator functions only (it inspects the function, not what it returns).
         def send_query(state, text, *controls):
             for view in page.send(state, text, *controls):
-                yield *view.outputs(), gr.skip() if view.draft is None else view.draft
+                yield values(view, view.draft)
 
-        def ask_agent(state, *values):
-            for view in page.ask_agent(state, *values):
-                yield view.outputs()
+        def ask_agent(state, *inputs):
+            for view in page.ask_agent(state, *inputs):
+                yield values(view)
 
-        upload.change(lambda path: page.open(path).outputs(), [upload], outputs)
+        upload.change(lambda path: values(page.open(path)), [upload], outputs)
         for trigger in (clear.click, chatbot.clear):        # the button, and the chat's own trash icon
-            trigger(lambda state: page.clear(state).outputs(), [session], outputs)
+            trigger(lambda state: values(page.clear(state)), [session], outputs)
         for trigger in (query.submit, send.click):
             trigger(send_query, [session, query, *sampling_inputs], outputs + [query], **model_call)
         ask.click(ask_agent, [session, mode, task, platform, answer_format, *sampling_inputs], outputs, **model_call)

@@ -66,8 +66,11 @@ def test_a_chat_answer_streams_into_the_chat_and_empties_the_query_box_once(web_
         "It ", "It say", "It says 3", "It says 3640", "It says 3640.", "It says 3640."]
     assert all(view.messages[0] == {"role": "user", "content": "Read it"} for view in views)
     # Emptied with the first text, then left alone: the next query may be typed while this answer streams.
-    assert [view.draft for view in views] == ["", None, None, None, None, None]
-    assert (views[-1].status, views[-1].picture) == ("", session.picture)
+    keep = web_demo.KEEP
+    assert [view.draft for view in views] == ["", keep, keep, keep, keep, keep]
+    # The image is not re-sent with every piece, only with the complete answer (with its boxes, if any).
+    assert [view.picture for view in views] == [keep] * 5 + [session.picture]
+    assert views[-1].status == ""
     assert session.history == [("Read it", "It says 3640.")]
 
 
