@@ -19,9 +19,9 @@ import argparse
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from cogvlm import warn_if_other_checkout
 from cogvlm.basic_demo.cli_demo_sat import (Console, add_model_arguments, add_sampling_arguments,
@@ -29,6 +29,10 @@ from cogvlm.basic_demo.cli_demo_sat import (Console, add_model_arguments, add_sa
 from cogvlm.utils.grounding.agent_modes import AGENT_MODES, AgentStep
 from cogvlm.utils.inference.messages import describe, message
 from cogvlm.utils.inference.session import Session, mark_agent_step, mark_answer_boxes, open_image, stream_turn
+
+if TYPE_CHECKING:
+    from cogvlm.utils.inference.chat import ChatModel
+    from cogvlm.utils.inference.generation import SamplingConfig
 
 DEFAULT_HOST = "127.0.0.1"          # this machine only; --host 0.0.0.0 serves the network
 DEFAULT_PORT = 7860                 # Gradio's usual port
@@ -114,18 +118,16 @@ class SamplingLimits:
 class DemoPage:
     """The page's requests, on one model. `defaults` fills what the page has no control for (seed, repetition
     penalty) and the controls' first values."""
-    chat: Any
-    defaults: Any                               # a SamplingConfig
+    chat: ChatModel
+    defaults: SamplingConfig
     limits: SamplingLimits | None = None        # None: from the model's configuration
 
     def __post_init__(self) -> None:
         if self.limits is None:
             self.limits = SamplingLimits(self.chat.config.language.max_sequence_length)
 
-    def sampling(self, temperature: float, top_p: float, top_k: float, max_length: float):
+    def sampling(self, temperature: float, top_p: float, top_k: float, max_length: float) -> SamplingConfig:
         """The SamplingConfig of the controls' values; ValueError (one line) for a value out of range."""
-        from dataclasses import replace
-
         if not self.limits.min_length <= max_length <= self.limits.max_length:
             raise ValueError(f"the max length must be between {self.limits.min_length} and "
                              f"{self.limits.max_length}, got {max_length:g}")
