@@ -259,8 +259,11 @@ def build_demo(page: DemoPage, heading: str):
 
         sampling_inputs = [temperature, top_p, top_k, max_length]
         outputs = [session, chatbot, picture, status, agent_step]
-        # One model: one answer at a time. Progress shows on the chat only, not over the status and step lines.
-        model_call = {"concurrency_limit": 1, "concurrency_id": "model", "show_progress_on": [chatbot]}
+        # One model: one request at a time. A new image or a clear waits for the answer being written, whose
+        # updates would otherwise bring back the session they replaced.
+        in_turn = {"concurrency_limit": 1, "concurrency_id": "model"}
+        # Progress shows on the chat only, not over the status and step lines.
+        model_call = {**in_turn, "show_progress_on": [chatbot]}
 
         def values(view: View, *extra) -> tuple:
             return tuple(gr.skip() if value is KEEP else value for value in (*view.outputs(), *extra))
@@ -274,9 +277,9 @@ def build_demo(page: DemoPage, heading: str):
             for view in page.ask_agent(state, *inputs):
                 yield values(view)
 
-        upload.change(lambda path: values(page.open(path)), [upload], outputs)
+        upload.change(lambda path: values(page.open(path)), [upload], outputs, **in_turn)
         for trigger in (clear.click, chatbot.clear):        # the button, and the chat's own trash icon
-            trigger(lambda state: values(page.clear(state)), [session], outputs)
+            trigger(lambda state: values(page.clear(state)), [session], outputs, **in_turn)
         for trigger in (query.submit, send.click):
             trigger(send_query, [session, query, *sampling_inputs], outputs + [query], **model_call)
         ask.click(ask_agent, [session, mode, task, platform, answer_format, *sampling_inputs], outputs, **model_call)
