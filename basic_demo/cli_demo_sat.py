@@ -33,15 +33,18 @@ STOP, CLEAR = "stop", "clear"
 EXIT_INTERRUPTED = 130          # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The published sampling flags (their defaults: greedy), as the demos take them."""
     parser.add_argument("--max_length", type=int, default=2048, help="max tokens of prompt + answer")
     parser.add_argument("--top_p", type=float, default=0.4, help="nucleus sampling mass")
     parser.add_argument("--top_k", type=int, default=1, help="top-k sampling; 1 is greedy")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="penalty for repeated tokens")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
-    parser.add_argument("--chinese", action="store_true", help="Chinese interface")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The published flags that choose and load the model (read by load_chat)."""
     parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
                         help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
                              f"overrides it")
@@ -52,6 +55,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tokenizer.model file or folder (default: the checkpoint's own, else the HF cache)")
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, chinese: bool = False) -> None:
+    """parser.error (exit status 2, one line) on flags of add_sampling_arguments / add_model_arguments that do not
+    go together."""
+    if args.fp16 and args.bf16:
+        parser.error(message("fp16_and_bf16", chinese))
+    if args.max_length < 2:
+        parser.error(message("max_length_too_small", chinese))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_arguments(parser)
+    parser.add_argument("--chinese", action="store_true", help="Chinese interface")
+    add_model_arguments(parser)
     parser.add_argument("--stream_chat", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--output_dir", default="output", help="where answers with boxes are drawn (PNG)")
     parser.add_argument("--image", help="one-shot: the image path or URL (with --query)")
@@ -59,10 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.image is None) != (args.query is None):
         parser.error(message("image_and_query", args.chinese))
-    if args.fp16 and args.bf16:
-        parser.error(message("fp16_and_bf16", args.chinese))
-    if args.max_length < 2:
-        parser.error(message("max_length_too_small", args.chinese))
+    check_common_arguments(parser, args, args.chinese)
     return args
 
 

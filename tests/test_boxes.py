@@ -25,6 +25,7 @@ from cogvlm.utils.grounding.boxes import (
     ground_phrases,
     parse_box_groups,
     parse_boxes,
+    render_boxes,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +330,16 @@ def test_draw_boxes_colours_the_edges_only(tmp_path):
         assert saved.getpixel((300, 165)) == WHITE
         assert saved.getpixel((220, 165)) == WHITE  # between the boxes
     assert image.getpixel((40, 165)) == WHITE  # the input image is left alone
+
+
+def test_render_boxes_returns_the_drawing_draw_boxes_saves(tmp_path):
+    image = Image.new("RGB", (400, 300), WHITE)
+    grounded = [GroundedPhrase("a man", [Box(100, 200, 500, 900)])]
+    rendered = render_boxes(image, grounded)
+    assert rendered is not image and rendered.getpixel((40, 165)) == BOX_COLORS[0]
+    with Image.open(draw_boxes(image, grounded, tmp_path / "out.png")) as saved:
+        assert saved.tobytes() == rendered.tobytes()
+    assert image.getpixel((40, 165)) == WHITE
 
 
 @pytest.mark.parametrize("size", [(300, 200), (1, 1), (7, 3)])

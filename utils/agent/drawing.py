@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..grounding.boxes import BOX_COLORS, GroundedPhrase, annotate_boxes, line_width_for
+from ..grounding.boxes import BOX_COLORS, GroundedPhrase, render_boxes, line_width_for
 from .answer import AgentStep
 
-BOX_COLOR = BOX_COLORS[0]       # annotate_boxes gives the first phrase the first colour
+BOX_COLOR = BOX_COLORS[0]       # render_boxes gives the first phrase the first colour
 POINT_COLOR = BOX_COLORS[4]     # blue on the orange box: the point stays visible on the outline
 # The point's disc radius, in outline widths.
 POINT_RADIUS_LINES = 2
@@ -19,7 +19,7 @@ def draw_step(image: Any, step: AgentStep, path: str | Path) -> Path:
     from PIL import ImageDraw  # lazy: only drawing needs PIL
 
     grounded = [GroundedPhrase(step.operation.name, [step.box])] if step.box is not None else []
-    canvas = annotate_boxes(image, grounded)
+    canvas = render_boxes(image, grounded)
     point = step.action_point(*canvas.size)
     if point is not None:
         x, y = point

@@ -297,15 +297,14 @@ def _label_position(
 
 
 def draw_boxes(image: Any, grounded: Iterable[GroundedPhrase], path: str | Path) -> Path:
-    """Save a PNG copy of `image` (converted to RGB) with each phrase's boxes outlined and labelled; return path.
-    See annotate_boxes for the drawing."""
+    """Save a PNG copy of `image` with each phrase's boxes drawn (see render_boxes); return path."""
     path = Path(path)
-    annotate_boxes(image, grounded).save(path, format="PNG")
+    render_boxes(image, grounded).save(path, format="PNG")
     return path
 
 
-def annotate_boxes(image: Any, grounded: Iterable[GroundedPhrase]) -> Any:
-    """An RGB copy of `image` with each phrase's boxes outlined and labelled.
+def render_boxes(image: Any, grounded: Iterable[GroundedPhrase]) -> Any:
+    """A copy of `image` (converted to RGB) with each phrase's boxes outlined and labelled; `image` is unchanged.
 
     Phrase i uses colour BOX_COLORS[i % len(BOX_COLORS)]. Pixel corners follow Box.to_pixels, clipped to the
     image. The label (the phrase, PIL's default font, on a patch of the box colour) sits above the box, or inside

@@ -1,4 +1,4 @@
-"""Every user-facing string of the command-line demos, in English and Chinese, in one table.
+"""Every user-facing string of the command-line and web demos, in English and Chinese, in one table.
 
 Errors raised deeper (checkpoint, tokenizer, image, prompt) carry their detail in English (paths, sizes, flags);
 `describe` gives them a wording of the interface's language through the table entry of their exception class.
@@ -58,6 +58,15 @@ MESSAGES = {
     "agent_confirm_untagged": {"en": "Run {operation} (its sensitivity is unknown)? [y/N] ",
                                "zh": "执行 {operation}（未标注是否敏感）？[y/N] "},
     "agent_finished": {"en": "Task finished (END): enter a new task", "zh": "任务完成（END），请输入新任务"},
+    "no_image": {"en": "upload an image first", "zh": "请先上传图像"},
+    "port_out_of_range": {"en": "--port must be between 1 and 65535, got {port}",
+                          "zh": "--port 须在 1 到 65535 之间，当前为 {port}"},
+    "cannot_serve": {"en": "cannot serve on {host}:{port}: the port is in use or the address is not this "
+                           "machine's; choose another --port or --host",
+                     "zh": "无法在 {host}:{port} 上提供服务：端口已被占用或地址不属于本机；请换一个 --port 或 --host"},
+    "web_one_process": {"en": "the web demo runs in one process; use the CLI under torchrun for model parallel",
+                        "zh": "网页演示只在单进程运行；模型并行请在 torchrun 下使用命令行"},
+    "no_agent_step": {"en": "the answer names no plan, action or operation", "zh": "回答中没有计划、动作或操作"},
     # Errors raised deeper: English is their own text; Chinese says what failed and keeps the detail.
     "checkpoint_error": {"en": "{detail}", "zh": "无法加载检查点：{detail}"},
     "download_error": {"en": "{detail}", "zh": "下载模型失败：{detail}"},
