@@ -19,7 +19,7 @@ SUBPACKAGES = [
 ]
 
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "openai>=1", "httpx"]
-WEB = ["gradio>=5"]
+WEB = ["gradio>=6,<7"]
 
 setup(
     name="cogvlm-sat",
@@ -70,6 +70,7 @@ setup(
         "cogvlm-convert-hf-checkpoint = cogvlm.utils.convert_hf_checkpoint:main",
         "cogvlm-split-dataset = cogvlm.utils.split_dataset:main",
         "cogvlm-batch-infer = cogvlm.basic_demo.batch_infer:main",
+        "cogvlm-web = cogvlm.basic_demo.web_demo:main",
         "cogvlm-openai-api = cogvlm.openai_demo.openai_api:main",
         "cogvlm-agent = cogvlm.basic_demo.agent_demo:main",
         "cogvlm-agent-parse = cogvlm.basic_demo.agent_parse:main",

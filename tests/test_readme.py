@@ -11,11 +11,14 @@ import re
 import shutil
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import COGAGENT_TINY
+from conftest import COGAGENT_TINY, HANG_TIMEOUT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CAPTCHA = REPO_ROOT / "checkpoints" / "captcha-tiny"
@@ -184,17 +187,53 @@ def test_glm4v_9b_and_cogagent_9b_convert_and_chat(scratch):
 
 
 def test_the_agent_parse_example_prints_the_step_in_pixels(scratch):
-    result = run(commands_with("basic_demo/agent_parse.py")[0], scratch)
+    result = run(commands_with("basic_demo/agent_parse.py",
+               "basic_demo/web_demo.py")[0], scratch)
     step = json.loads(result.stdout)
     # The box centre in thousandths, (265, 196.5), on 1920 x 1080 pixels.
     assert (step["operation"], step["sensitive"], step["point"]) == ("CLICK", True, [509, 212])
     assert step["arguments"]["element_info"] == "Submit, now"
 
 
+def serve_readme_command(command: str, scratch) -> str:
+    """Start a README server command in the scratch checkout on a free port of 127.0.0.1; the first page's HTML."""
+    from cogvlm.openai_demo.local_server import free_port
+    port = free_port()
+    for old, new in (("--port 7860", f"--port {port}"), ("--port 7861", f"--port {port}"),
+                     ("SAT_HOME=/data/sat", f"SAT_HOME={scratch['sat_home']}"),
+                     ("/data/vicuna-7b-v1.5", COGAGENT_TINY / "tokenizer.model")):
+        command = command.replace(old, str(new))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(SAT_HOME=str(scratch["sat_home"]), GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_TEMP_DIR=str(scratch["dir"] / "gradio"))
+    server = subprocess.Popen(["bash", "-c", command], cwd=scratch["dir"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_TIMEOUT
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"{command}\n{server.stderr.read()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    return response.read().decode()
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        raise AssertionError(f"{command} did not serve")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)       # bash and the demo: the session start_new_session made
+        server.wait(timeout=60)
+
+
+def test_the_web_demo_commands_serve_the_page(scratch):
+    for command in commands_with("basic_demo/web_demo.py"):
+        assert "CogVLM / CogAgent" in serve_readme_command(command, scratch)
+
+
 TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
                "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
                "utils/merge_model.py", "openai_demo/openai_api.py", "openai_demo/openai_api_request.py",
-               "basic_demo/batch_infer.py", "glm-4v-9b", "cogagent-9b-20241220", "basic_demo/agent_parse.py")
+               "basic_demo/batch_infer.py", "glm-4v-9b", "cogagent-9b-20241220", "basic_demo/agent_parse.py",
+               "basic_demo/web_demo.py")
 
 
 def test_every_readme_command_is_run_by_a_test():
