@@ -13,6 +13,7 @@ recomputed per token (the published code re-encodes CogAgent's cross image at ev
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -52,6 +53,15 @@ def decode_one_token(model, token: torch.Tensor, position: torch.Tensor, kv_cach
     return model(token, position, kv_cache=kv_cache, last_token_only=True)[0][:, -1]
 
 
+@functools.cache
+def compiled_decode_step():
+    """decode_one_token under torch.compile, for a static cache (new_kv_cache(static=True)), whose step has the
+    same shapes every time: compiled once, then replayed. "reduce-overhead" records CUDA graphs on CUDA (the
+    step is many small kernels, launched from Python); on CPU it is a plain compile."""
+    mode = "reduce-overhead" if torch.cuda.is_available() else None
+    return torch.compile(decode_one_token, mode=mode)
+
+
 def sample_next_token(logits: torch.Tensor, generated: torch.Tensor, sampling: SamplingConfig,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, vocab), generated (B, n) ids so far -> (B,) next ids.
@@ -88,10 +98,10 @@ def check_prompt_fits(prompt_length: int, max_length: int, image_tokens: int = 0
 
 
 @torch.inference_mode()
-def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_ids: tuple[int, ...] = ()
-             ) -> Iterator[int]:
+def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_ids: tuple[int, ...] = (),
+             compile: bool = False) -> Iterator[int]:
     """Yield new token ids of a single sequence (B = 1) until a stop token or max_length. Stop tokens are not
-    yielded."""
+    yielded. `compile`: decode steps run compiled (compiled_decode_step) over a static cache."""
     if prompt.batch_size != 1:
         raise ValueError(f"generate takes one request (B = 1), got {prompt.batch_size} rows")
     check_prompt_fits(len(prompt), sampling.max_length, int(prompt.image_embed_mask.sum()))
@@ -99,7 +109,8 @@ def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_id
     if sampling.seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
     max_new_tokens = sampling.max_length - len(prompt)
-    kv_cache = model.new_kv_cache(batch_size=1, max_length=sampling.max_length)
+    kv_cache = model.new_kv_cache(batch_size=1, max_length=sampling.max_length, static=compile)
+    decode_step = compiled_decode_step() if compile else decode_one_token
     generated = torch.empty(1, max_new_tokens, dtype=torch.long, device=model.device)
     position = prompt.position_ids[:, -1:].to(model.device)                      # (1, 1)
 
@@ -115,4 +126,4 @@ def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_id
             return
         generated[:, step] = token
         position = position + 1
-        logits = decode_one_token(model, token[:, None], position, kv_cache)
+        logits = decode_step(model, token[:, None], position, kv_cache)
