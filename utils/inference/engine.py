@@ -95,7 +95,7 @@ class Scheduler:
         self._ended: list[Event] = []          # cancellations of queued requests, reported at the next step
         self._numbers = itertools.count()
         self.on_logits = on_logits
-        self.decode_step = compiled_decode_step() if compile else decode_one_token
+        self.decode_step = compiled_decode_step if compile else decode_one_token
 
     @property
     def busy(self) -> bool:

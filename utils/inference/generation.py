@@ -14,6 +14,7 @@ recomputed per token (the published code re-encodes CogAgent's cross image at ev
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -53,13 +54,42 @@ def decode_one_token(model, token: torch.Tensor, position: torch.Tensor, kv_cach
     return model(token, position, kv_cache=kv_cache, last_token_only=True)[0][:, -1]
 
 
-@functools.cache
-def compiled_decode_step():
+def compiled_decode_step(model, token: torch.Tensor, position: torch.Tensor, kv_cache) -> torch.Tensor:
     """decode_one_token under torch.compile, for a static cache (new_kv_cache(static=True)), whose step has the
-    same shapes every time: compiled once, then replayed. "reduce-overhead" records CUDA graphs on CUDA (the
-    step is many small kernels, launched from Python); on CPU it is a plain compile."""
+    same shapes at every step: compiled once, then replayed (tests/test_compile.py checks that no step recompiles
+    or breaks the graph)."""
+    with layer_ids_as_ints(model):
+        return _compiled_decode_one_token()(model, token, position, kv_cache)
+
+
+@functools.cache
+def _compiled_decode_one_token():
+    # "reduce-overhead" records CUDA graphs on CUDA: a decode step is many small kernels launched from Python. On
+    # CPU, a plain compile. dynamic=True: the batch (the engine's busy rows) and the cache's host-side length
+    # counter are symbols from the first compile, not specialised and recompiled at the next step.
     mode = "reduce-overhead" if torch.cuda.is_available() else None
-    return torch.compile(decode_one_token, mode=mode)
+    return torch.compile(decode_one_token, mode=mode, dynamic=True)
+
+
+@contextmanager
+def layer_ids_as_ints(model):
+    """Run SAT's layer loop with plain int layer ids while inside.
+
+    SAT's usual loop hands each layer its id as a new tensor (torch.tensor(i)), which the hooks turn back into an
+    int to pick the layer's modules: torch.compile cannot trace that (a graph break in every layer). SAT's
+    activation-checkpointing loop passes `layer.layer_id`, an int; with one chunk of every layer and every layer
+    skipped from checkpointing it is the same computation, checkpointing nothing."""
+    transformer = model.transformer
+    saved = (transformer.checkpoint_activations, transformer.checkpoint_num_layers,
+             transformer.checkpoint_skip_layers)
+    num_layers = len(transformer.layers)
+    transformer.checkpoint_activations, transformer.checkpoint_num_layers = True, num_layers
+    transformer.checkpoint_skip_layers = num_layers
+    try:
+        yield
+    finally:
+        (transformer.checkpoint_activations, transformer.checkpoint_num_layers,
+         transformer.checkpoint_skip_layers) = saved
 
 
 def sample_next_token(logits: torch.Tensor, generated: torch.Tensor, sampling: SamplingConfig,
@@ -110,7 +140,7 @@ def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_id
         generator = torch.Generator(device=model.device).manual_seed(sampling.seed)
     max_new_tokens = sampling.max_length - len(prompt)
     kv_cache = model.new_kv_cache(batch_size=1, max_length=sampling.max_length, static=compile)
-    decode_step = compiled_decode_step() if compile else decode_one_token
+    decode_step = compiled_decode_step if compile else decode_one_token
     generated = torch.empty(1, max_new_tokens, dtype=torch.long, device=model.device)
     position = prompt.position_ids[:, -1:].to(model.device)                      # (1, 1)
 

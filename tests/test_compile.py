@@ -1,0 +1,48 @@
+"""The compiled decode step (utils/inference/generation.compiled_decode_step) over a static cache.
+
+torch.compile on this CPU takes about a minute for the tiny model (once per process), so one test covers it: the
+compiled steps give the eager steps' greedy tokens and logits within 1e-5, the step is one graph without graph
+breaks, and no step after the first compiles again."""
+import torch
+
+from cogvlm.models.inputs import ImageInputs
+from cogvlm.utils.inference.generation import compiled_decode_step, decode_one_token, prefill
+from conftest import case_inputs
+
+STEPS = 6
+
+
+def greedy_steps(model, cases, name, decode_step, static):
+    """Prefill a case, then STEPS greedy decode steps. -> tokens [STEPS + 1], logits (STEPS + 1, vocab), and the
+    dynamo counters after each decode step."""
+    from torch._dynamo.utils import counters
+
+    case = cases["cases"][name]
+    cache = model.new_kv_cache(1, len(case["input_ids"][0]) + STEPS, static=static)
+    logits = [prefill(model, case_inputs(case, ImageInputs(cases["image"]["pixel_values"])), cache)]
+    position, seen = case["position_ids"][:, -1:], []
+    for _ in range(STEPS):
+        position = position + 1
+        logits.append(decode_step(model, logits[-1].argmax(-1)[:, None], position, cache))
+        seen.append((counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()),
+                     counters["frames"]["total"]))
+    logits = torch.cat(logits)
+    return logits.argmax(-1).tolist(), logits, seen
+
+
+def test_compiled_decode_steps_equal_eager_ones_and_compile_once(cogvlm_model, cogvlm_cases):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.inference_mode():
+        eager_tokens, eager_logits, _ = greedy_steps(cogvlm_model, cogvlm_cases, "chat_history", decode_one_token,
+                                                     static=False)
+        tokens, logits, seen = greedy_steps(cogvlm_model, cogvlm_cases, "chat_history", compiled_decode_step,
+                                            static=True)
+    assert tokens == eager_tokens
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
+    graphs, breaks, frames = seen[0]
+    assert graphs == 1 and breaks == 0 and frames == 1          # the whole step is one graph
+    assert set(seen) == {seen[0]}                               # and later steps replay it: nothing new is traced
