@@ -28,6 +28,7 @@ FIXTURE = REPO_ROOT / "tests" / "fixtures" / "cogvlm-tiny"
 CHECKPOINT = FIXTURE / "checkpoint"
 TOKENIZER = FIXTURE / "tokenizer.model"
 IMAGE = FIXTURE / "image.png"
+CAPTCHA = REPO_ROOT / "checkpoints" / "captcha-tiny" / "examples" / "3640.png"     # the embedded model reads "3640"
 OTHER_IMAGE = REPO_ROOT / "tests" / "fixtures" / "cogagent-tiny" / "image.png"     # same picture, other path
 FIXTURE_ARGS = ["--from_pretrained", str(CHECKPOINT), "--local_tokenizer", str(TOKENIZER)]
 
@@ -499,6 +500,27 @@ def test_quant_reads_the_embedded_captcha(run, bits):
     assert code == 0, err
     assert out == "0695\n"
     assert errors(err) == []
+
+
+@pytest.mark.parametrize("flags", [["--fp16"], ["--bf16", "--prefill_dtype", "fp32"]])
+def test_half_precision_reads_the_embedded_captcha(run, flags):
+    """--fp16 (the published flag) and --bf16 end to end on CPU (a per-tensor cast while loading, prefill,
+    decode), here with either prefill dtype: the embedded captcha reader still reads its example."""
+    code, out, err = run([*flags, "--image", CAPTCHA, "--query", "What text is written in the image?"])
+    assert code == 0, err
+    assert out == "3640\n"
+
+
+def test_compile_runs_the_decode_steps_compiled(run, monkeypatch):
+    """--compile reaches generation (the compiled step itself is tests/test_compile.py's: a minute to compile)."""
+    from cogvlm.utils.inference import generation
+
+    calls = []
+    monkeypatch.setattr(generation, "compiled_decode_step",
+                        lambda *args: (calls.append(args[3].static), generation.decode_one_token(*args))[1])
+    code, out, err = run(["--compile", "--image", CAPTCHA, "--query", "What text is written in the image?"])
+    assert code == 0, err
+    assert out == "3640\n" and calls and all(calls)                # every step, over a static cache
 
 
 @pytest.mark.parametrize("argv", [["--image", IMAGE], ["--query", "Hi"]])

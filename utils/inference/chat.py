@@ -16,6 +16,7 @@ import torch
 from cogvlm.models.inputs import ImageInputs, ModelInputs
 from cogvlm.utils.inference.engine import FinishReason, Request, generate_batch
 from cogvlm.utils.inference.generation import SamplingConfig, generate
+from cogvlm.utils.inference.precision import resolve_prefill_dtype
 from cogvlm.utils.preprocessing.image_processor import load_image
 from cogvlm.utils.preprocessing.processor import Processor
 from cogvlm.utils.preprocessing.tokenizer import TOKENIZER_FILENAME, LlamaTokenizer, TokenizerNotFoundError
@@ -117,21 +118,29 @@ class TextStream:
 
 
 class ChatModel:
-    def __init__(self, model, config, tokenizer: LlamaTokenizer, version: str):
+    def __init__(self, model, config, tokenizer: LlamaTokenizer, version: str, compile: bool = False,
+                 prefill_dtype: str = "auto"):
+        """`compile`: decode steps run under torch.compile (CUDA graphs on CUDA). `prefill_dtype` ("auto", "fp32"
+        or "model"): the dtype of the prefill's matrix multiplies; "auto" is fp32 for bf16/fp16 weights on a
+        CPU without native bf16/fp16 matrix multiplies (utils/inference/precision.py)."""
         check_vocabulary(tokenizer, config.language.vocab_size)
         self.model, self.config, self.tokenizer = model, config, tokenizer
         # CogAgent's processor also makes the image at its cross resolution (1120 px).
         self.processor = Processor.for_model(config, tokenizer, version)
+        self.compile = compile
+        self.prefill_dtype = resolve_prefill_dtype(model.dtype, model.device, prefill_dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
                         dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        model_parallel_size: int | None = None, quant=None) -> "ChatModel":
+                        model_parallel_size: int | None = None, quant=None, compile: bool = False,
+                        prefill_dtype: str = "auto") -> "ChatModel":
         """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published).
 
         The tokenizer is found and checked against the checkpoint's model_config.json before the weights are read:
         a wrong one must not cost the minutes a 17B checkpoint takes to load. `quant` (8, 4 or a QuantConfig)
-        quantises the language model's linears while loading (see load_model)."""
+        quantises the language model's linears while loading (see load_model); `compile`, `prefill_dtype`: see
+        __init__."""
         from cogvlm.utils.checkpoint_io.loading import (config_from_model_config, load_model, read_model_config,
                                                         resolve_checkpoint_dir)
 
@@ -140,7 +149,7 @@ class ChatModel:
         tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, stored_config.language.vocab_size)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
                                    model_parallel_size=model_parallel_size, quant=quant)
-        return cls(model, config, tokenizer, config.text_processor_version or version)
+        return cls(model, config, tokenizer, config.text_processor_version or version, compile, prefill_dtype)
 
     @property
     def version(self) -> str:
@@ -163,7 +172,7 @@ class ChatModel:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
         text = TextStream(self.tokenizer)
         for token_id in generate(self.model, self.prompt(query, history, image), sampling,
-                                 (self.tokenizer.eos_token_id,)):
+                                 (self.tokenizer.eos_token_id,), self.compile, self.prefill_dtype):
             piece = text.push(token_id)
             if piece:
                 yield piece
@@ -189,7 +198,8 @@ class ChatModel:
                 continue
             prompts.append(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
         yield from failed
-        for event in generate_batch(self.model, prompts, num_slots):
+        for event in generate_batch(self.model, prompts, num_slots, compile=self.compile,
+                                    prefill_dtype=self.prefill_dtype):
             stream = streams[event.request_id]
             if not event.finished:
                 piece = stream.push(event.token_id)

@@ -80,10 +80,12 @@ class Scheduler:
     """Continuous batching: `submit` requests (at most `max_queue` waiting), call `step()` until not `busy`."""
 
     def __init__(self, model, num_slots: int, max_length: int, max_queue: int = 64,
-                 on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False):
+                 on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False,
+                 prefill_dtype: torch.dtype | None = None):
         """`max_length`: cache positions per slot (the largest max_length a request may ask for). `on_logits`
         sees each row's (vocab,) logits before its token is sampled (scoring, tests). `compile`: decode steps
-        run compiled (generation.compiled_decode_step) over a static cache."""
+        run compiled (generation.compiled_decode_step) over a static cache. `prefill_dtype`: the prefills' matrix
+        multiplies run in it (generation.prefill)."""
         if num_slots < 1 or max_queue < 1:
             raise ValueError(f"num_slots and max_queue must be at least 1, got {num_slots} and {max_queue}")
         self.model, self.num_slots, self.max_length, self.max_queue = model, num_slots, max_length, max_queue
@@ -96,6 +98,7 @@ class Scheduler:
         self._numbers = itertools.count()
         self.on_logits = on_logits
         self.decode_step = compiled_decode_step if compile else decode_one_token
+        self.prefill_dtype = prefill_dtype
 
     @property
     def busy(self) -> bool:
@@ -179,7 +182,7 @@ class Scheduler:
         try:
             batch = ModelInputs.batch([request.prompt for _, request in group], PAD_ID)
             cache = self.model.new_kv_cache(batch_size=len(group), max_length=len(batch))
-            logits = prefill(self.model, batch, cache)                                      # (k, vocab)
+            logits = prefill(self.model, batch, cache, self.prefill_dtype)                  # (k, vocab)
         except ValueError as problem:                   # InvalidInputsError and friends: the inputs, not the model
             if len(group) > 1:
                 for item in group:
@@ -254,19 +257,20 @@ def _generator(sampling: SamplingConfig, device) -> torch.Generator | None:
 
 
 def generate_batch(model, requests: Iterable[Request], num_slots: int | None = None,
-                   on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False
-                   ) -> Iterator[Event]:
+                   on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False,
+                   prefill_dtype: torch.dtype | None = None) -> Iterator[Event]:
     """Generate `requests` together; yield their events as they happen. Request ids default to list indices.
 
     With `num_slots` below the number of requests, the others wait in the queue and join as rows finish.
-    `compile`: decode steps run compiled (see Scheduler)."""
+    `compile`, `prefill_dtype`: see Scheduler."""
     requests = [request if request.request_id is not None else replace(request, request_id=i)
                 for i, request in enumerate(requests)]
     if not requests:
         return
     scheduler = Scheduler(model, num_slots or len(requests),
                           max_length=max(request.sampling.max_length for request in requests),
-                          max_queue=len(requests), on_logits=on_logits, compile=compile)
+                          max_queue=len(requests), on_logits=on_logits, compile=compile,
+                          prefill_dtype=prefill_dtype)
     for request in requests:
         scheduler.submit(request)
     while scheduler.busy:

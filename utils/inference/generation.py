@@ -2,6 +2,7 @@
 
     prefill(model, inputs, cache)          the whole prompt with its images -> logits of the last position
     decode_one_token(model, token, ...)    one new token, language experts only -> logits
+    compiled_decode_step(model, token, ...)   the same under torch.compile, for a static cache
     sample_next_token(logits, ...)         greedy / temperature / top-k / top-p / repetition penalty
     generate(model, inputs, sampling, stop_token_ids)   yields token ids as they are chosen (streaming)
 
@@ -21,6 +22,7 @@ from typing import Iterator
 import torch
 
 from cogvlm.models.inputs import ModelInputs
+from cogvlm.utils.inference.precision import matmuls_in
 from cogvlm.utils.parallel.model_parallel import broadcast_from_first_rank
 
 
@@ -43,10 +45,13 @@ class SamplingConfig:
         return self.top_k == 1 or self.temperature <= 0
 
 
-def prefill(model, inputs: ModelInputs, kv_cache) -> torch.Tensor:
+def prefill(model, inputs: ModelInputs, kv_cache, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Run the whole prompt, images included, filling the cache. -> (B, vocab) logits of the last position (with
-    left padding, every row's last prompt token)."""
-    return model.forward_inputs(inputs.to(model.device, model.dtype), kv_cache=kv_cache, last_token_only=True)[0][:, -1]
+    left padding, every row's last prompt token). `matmul_dtype`: the linear layers multiply in it (e.g. fp32 for
+    bf16 weights on a CPU without native bf16; see precision.py), None: in the model's dtype."""
+    with matmuls_in(matmul_dtype):
+        return model.forward_inputs(inputs.to(model.device, model.dtype), kv_cache=kv_cache,
+                                    last_token_only=True)[0][:, -1]
 
 
 def decode_one_token(model, token: torch.Tensor, position: torch.Tensor, kv_cache) -> torch.Tensor:
@@ -129,9 +134,10 @@ def check_prompt_fits(prompt_length: int, max_length: int, image_tokens: int = 0
 
 @torch.inference_mode()
 def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_ids: tuple[int, ...] = (),
-             compile: bool = False) -> Iterator[int]:
+             compile: bool = False, prefill_dtype: torch.dtype | None = None) -> Iterator[int]:
     """Yield new token ids of a single sequence (B = 1) until a stop token or max_length. Stop tokens are not
-    yielded. `compile`: decode steps run compiled (compiled_decode_step) over a static cache."""
+    yielded. `compile`: decode steps run compiled (compiled_decode_step) over a static cache. `prefill_dtype`: the
+    prefill's matrix multiplies run in it (see prefill)."""
     if prompt.batch_size != 1:
         raise ValueError(f"generate takes one request (B = 1), got {prompt.batch_size} rows")
     check_prompt_fits(len(prompt), sampling.max_length, int(prompt.image_embed_mask.sum()))
@@ -144,7 +150,7 @@ def generate(model, prompt: ModelInputs, sampling: SamplingConfig, stop_token_id
     generated = torch.empty(1, max_new_tokens, dtype=torch.long, device=model.device)
     position = prompt.position_ids[:, -1:].to(model.device)                      # (1, 1)
 
-    logits = prefill(model, prompt, kv_cache)
+    logits = prefill(model, prompt, kv_cache, prefill_dtype)
     for step in range(max_new_tokens):
         token = sample_next_token(logits, generated[:, :step], sampling, generator)   # (1,)
         token = broadcast_from_first_rank(token)       # model-parallel ranks must continue with the same token
