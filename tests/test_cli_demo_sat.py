@@ -205,6 +205,20 @@ def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_en
     assert "Welcome" not in failed.stdout.decode()
 
 
+@pytest.mark.slow
+def test_under_torchrun_a_group_size_that_does_not_divide_a_shard_is_one_line():
+    """--quant 4 --quant_group_size 64 fits the fixture at mp=1 (input features 64, 128) but not its mp=2 shards
+    (32): the user's one line names the model-parallel size, before any weight is read."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(SCRIPT), *FIXTURE_ARGS, "--quant", "4", "--quant_group_size", "64"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, timeout=HANG_TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    (problem,) = errors(result.stderr.decode())
+    assert "int4 group size 64 does not divide" in problem and "model-parallel size 2" in problem
+    assert "Welcome" not in result.stdout.decode()
+
+
 # --- Ctrl-C and terminals: a live process, its output read as it comes ------------------------------------------
 
 WAIT = 240          # seconds to wait for an expected output marker: generous, a loaded machine only makes it slower
