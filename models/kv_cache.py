@@ -16,8 +16,8 @@ class CacheWrite:
     """Where the tokens of one forward go, computed once per forward and read by every layer.
 
     `index` (B, T): the cache position of each new token. `mask` (B, 1, T, W) bool: which of the first W cache
-    positions each new token attends to. W is the whole cache when the cache is static (fixed shapes), else the
-    positions that may hold keys (less work in eager mode)."""
+    positions each new token attends to. W is the whole cache for a decode step of a static cache (fixed shapes),
+    else the positions that may hold keys (less work in eager mode)."""
     index: torch.Tensor
     mask: torch.Tensor
 
@@ -79,7 +79,9 @@ class KVCache:
         self.real[:rows].scatter_(1, index, real)
         self.next_position[:rows] += num_tokens
         self.length = end
-        window = self.max_length if self.static else end
+        # A static cache's decode steps (one token each: what is compiled) read every position; a prompt (eager)
+        # reads only the positions that may hold keys.
+        window = self.max_length if self.static and num_tokens == 1 else end
         return CacheWrite(index, attention_mask(self.real[:rows, :window], index))
 
     def update(self, layer_id: int, key: torch.Tensor, value: torch.Tensor, write: CacheWrite

@@ -25,8 +25,10 @@ def test_update_writes_in_place_at_each_rows_position_and_returns_the_window():
 
 
 def test_a_static_cache_reads_every_position_with_unwritten_ones_masked():
+    """In its one-token (decode) steps; a prompt reads the positions that may hold keys only."""
     cache = KVCache(1, 1, 1, max_length=5, head_dim=1, dtype=torch.float32, static=True)
-    written(cache, torch.tensor([[1, 2]]))
+    _, keys, _ = written(cache, torch.tensor([[1, 2]]))
+    assert keys.shape == (1, 1, 2, 1)
     write, keys, _ = written(cache, torch.tensor([[3]]))
     assert keys.shape == (1, 1, 5, 1) and write.index.tolist() == [[2]]
     assert write.mask[0, 0].tolist() == [[True, True, True, False, False]]
