@@ -103,9 +103,10 @@ class CogVLMModel(BaseModel):
         """input_ids, position_ids, masks: (B, T). Returns SAT's [logits (B, T or 1, vocab), *per-layer dicts].
 
         `attention_mask` (B, T) bool is False at padding: those keys are masked out of attention. With a
-        `kv_cache`, the T tokens of each row go after that row's cached ones (the first B rows of the cache); images are only given with the tokens that
-        hold their slot (the prefill), so the encoders run once per image. Unknown keywords are a TypeError and
-        inconsistent inputs an InvalidInputsError (see models/inputs.py), before any weight is used.
+        `kv_cache`, the T tokens of each row go after that row's cached ones (the first B rows of the cache);
+        images are only given with the tokens that hold their slot (the prefill), so the encoders run once per
+        image. Unknown keywords are a TypeError and inconsistent inputs an InvalidInputsError (see
+        models/inputs.py), before any weight is used.
         """
         check_inputs(input_ids, position_ids, images, image_embed_mask, vision_expert_mask, attention_mask,
                      self.config.image_length)
