@@ -172,7 +172,8 @@ class ChatModel:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
         text = TextStream(self.tokenizer)
         for token_id in generate(self.model, self.prompt(query, history, image), sampling,
-                                 (self.tokenizer.eos_token_id,), self.compile, self.prefill_dtype):
+                                 (self.tokenizer.eos_token_id,), compile=self.compile,
+                                 prefill_dtype=self.prefill_dtype):
             piece = text.push(token_id)
             if piece:
                 yield piece
