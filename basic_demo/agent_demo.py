@@ -35,6 +35,7 @@ from cogvlm.utils.agent.drawing import draw_step
 from cogvlm.utils.agent.executor import DesktopExecutor, DryRunExecutor, Executor, Result, ask_on_terminal
 from cogvlm.utils.agent.protocol import AnswerFormat, HistoryStep, Platform, build_query
 from cogvlm.utils.inference.messages import describe, message
+from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
 
 CONTINUE = "continue"
@@ -64,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     add_quant_arguments(parser)
+    add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     if args.fp16 and args.bf16:
         parser.error(message("fp16_and_bf16", args.chinese))

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
+from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
 
 DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
@@ -75,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
                              f"overrides it")
     add_quant_arguments(parser)
+    add_decoding_arguments(parser)
     parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
                         help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
     parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5",

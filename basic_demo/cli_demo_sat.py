@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
 from cogvlm.utils.inference.messages import describe, message
+from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
 
 DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"     # a small CogVLM that reads captchas
@@ -55,6 +56,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer.model file or folder (default: the checkpoint's own, else the HF cache)")
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    add_decoding_arguments(parser)
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, chinese: bool = False) -> None:
@@ -275,7 +277,8 @@ def load_chat(args, console: Console):
             # Under torchrun every process holds one model-parallel shard, as in the published demo.
             return ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer,
                                              args.version or DEFAULT_VERSION, dtype, device,
-                                             model_parallel_size=console.world_size, quant=quant)
+                                             model_parallel_size=console.world_size, quant=quant,
+                                             compile=args.compile, prefill_dtype=args.prefill_dtype)
         except ValueError as problem:              # checkpoint, tokenizer, configuration or quantisation errors
             console.error(problem)
             return None

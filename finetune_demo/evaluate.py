@@ -2,7 +2,7 @@
 
     python finetune_demo/evaluate.py --from_pretrained CKPT --data archive_split/test [archive_split/valid ...]
         [--local_tokenizer PATH] [--query "What text is written in the image?"] [--max_new_tokens 16] [--bf16]
-        [--batch_size N] [--quant 8|4]
+        [--batch_size N] [--quant 8|4] [--fp16] [--compile] [--prefill_dtype auto|fp32|model]
 
 Greedy decoding (the published evaluation's setting), N images at a time (continuous batching: a finished row's
 slot takes the next image at once); the answers do not depend on N. Unreadable images are skipped, counted and
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cogvlm import warn_if_other_checkout
+from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
 
 
@@ -44,8 +45,11 @@ def main(argv=None) -> int:
     parser.add_argument("--query", default=None)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=1, help="images generated together")
-    parser.add_argument("--bf16", action="store_true")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true")
+    precision.add_argument("--fp16", action="store_true")
     add_quant_arguments(parser)
+    add_decoding_arguments(parser)
     parser.add_argument("--show", type=int, default=5, help="print this many (label, prediction) pairs per split")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -66,8 +70,9 @@ def main(argv=None) -> int:
     try:
         quant = QuantConfig.from_args(args)
         chat = ChatModel.from_pretrained(args.from_pretrained, args.local_tokenizer, args.version,
-                                         torch.bfloat16 if args.bf16 else torch.float32,
-                                         "cuda" if torch.cuda.is_available() else "cpu", quant=quant)
+                                         torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
+                                         "cuda" if torch.cuda.is_available() else "cpu", quant=quant,
+                                         compile=args.compile, prefill_dtype=args.prefill_dtype)
         rows = []
         for folder in args.data:
             row, skipped, pairs = evaluate(chat, folder, samples[folder], args.max_new_tokens, args.batch_size)

@@ -52,8 +52,8 @@ class CogAgentModel(CogVLMModel):
         group.add_argument("--cross_vision_args", type=json.loads, default=None)
         return parser
 
-    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
-        cache = super().new_kv_cache(batch_size, max_length)
+    def new_kv_cache(self, batch_size: int, max_length: int, static: bool = False) -> KVCache:
+        cache = super().new_kv_cache(batch_size, max_length, static)
         cache.cross = CrossAttentionCache(len(self.transformer.layers))
         return cache
 

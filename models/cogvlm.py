@@ -23,9 +23,9 @@ from sat.ops.layernorm import RMSNorm
 
 from .config import CogVLMConfig, current_model_parallel_size
 from .inputs import ImageInputs, ModelInputs, check_inputs
-from .kv_cache import KVCache
+from .kv_cache import KVCache, attention_mask as kv_attention_mask
 from .mlp_adapter import ImageEmbedding
-from .visual_expert import ExpertRouting, VisualExpertAttention, VisualExpertMLP, padding_attention_mask
+from .visual_expert import ExpertRouting, VisualExpertAttention, VisualExpertMLP
 
 
 class LanguageModelHead(BaseMixin):
@@ -90,10 +90,11 @@ class CogVLMModel(BaseModel):
     def device(self) -> torch.device:
         return self.transformer.word_embeddings.weight.device
 
-    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
+    def new_kv_cache(self, batch_size: int, max_length: int, static: bool = False) -> KVCache:
+        """`static`: decode steps attend over all `max_length` positions (fixed shapes, for a compiled step)."""
         attention = self.transformer.layers[0].attention
         return KVCache(len(self.transformer.layers), batch_size, attention.num_attention_heads_per_partition,
-                       max_length, attention.hidden_size_per_attention_head, self.dtype, self.device)
+                       max_length, attention.hidden_size_per_attention_head, self.dtype, self.device, static)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, images: ImageInputs | None = None,
                 image_embed_mask: torch.Tensor | None = None, vision_expert_mask: torch.Tensor | None = None,
@@ -102,26 +103,26 @@ class CogVLMModel(BaseModel):
         """input_ids, position_ids, masks: (B, T). Returns SAT's [logits (B, T or 1, vocab), *per-layer dicts].
 
         `attention_mask` (B, T) bool is False at padding: those keys are masked out of attention. With a
-        `kv_cache`, the T tokens are appended after the cached ones; images are only given with the tokens that
-        hold their slot (the prefill), so the encoders run once per image. Unknown keywords are a TypeError and
-        inconsistent inputs an InvalidInputsError (see models/inputs.py), before any weight is used.
+        `kv_cache`, the T tokens of each row go after that row's cached ones (the first B rows of the cache);
+        images are only given with the tokens that hold their slot (the prefill), so the encoders run once per
+        image. Unknown keywords are a TypeError and inconsistent inputs an InvalidInputsError (see
+        models/inputs.py), before any weight is used.
         """
         check_inputs(input_ids, position_ids, images, image_embed_mask, vision_expert_mask, attention_mask,
                      self.config.image_length)
         layer_inputs = self.image_layer_inputs(images, kv_cache, input_ids.shape[0])
         rope = self.get_mixin("visual_expert_attention").rotary_emb.cos_sin(position_ids, self.dtype)
-        past_length = kv_cache.length if kv_cache is not None else 0
-        padding_mask = padding_attention_mask(real_keys(attention_mask, kv_cache, input_ids.shape), past_length,
-                                              input_ids.shape[1])
-        outputs = super().forward(
+        padding_mask, cache_write = None, None
+        if kv_cache is not None:
+            cache_write = kv_cache.begin(attention_mask, input_ids.shape)       # where each layer writes and reads
+        elif attention_mask is not None:
+            padding_mask = attention_mask_over_padding(attention_mask)
+        return super().forward(
             input_ids=input_ids, position_ids=position_ids, attention_mask=None,
             images=images, image_embed_mask=image_embed_mask,
             expert_routing=ExpertRouting.from_mask(vision_expert_mask), rope=rope, padding_mask=padding_mask,
-            kv_cache=kv_cache, last_token_only=last_token_only, output_hidden_states=output_hidden_states,
-            **layer_inputs)
-        if kv_cache is not None:
-            kv_cache.advance(input_ids.shape[1])
-        return outputs
+            kv_cache=kv_cache, cache_write=cache_write, last_token_only=last_token_only,
+            output_hidden_states=output_hidden_states, **layer_inputs)
 
     def forward_inputs(self, inputs: ModelInputs, *, kv_cache: KVCache | None = None, last_token_only: bool = False,
                        output_hidden_states: bool = False):
@@ -134,13 +135,9 @@ class CogVLMModel(BaseModel):
         return {}
 
 
-def real_keys(attention_mask: torch.Tensor | None, kv_cache: KVCache | None, shape: torch.Size
-              ) -> torch.Tensor | None:
-    """(B, S) bool, True at the keys the new tokens may attend to (cached and new), or None when none is padding.
-
-    Built once per forward (and made into the attention mask once), so that every layer reads a ready mask."""
-    if attention_mask is not None:
-        attention_mask = attention_mask.bool()         # a 0/1 integer mask would be read as additive scores
-    if kv_cache is None:
-        return attention_mask
-    return kv_cache.record_padding(attention_mask, shape)
+def attention_mask_over_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) real-token mask of a forward without a cache -> its (B, 1, T, T) attention mask, built once per
+    forward so that every layer reads a ready one. (A 0/1 integer mask would be read as additive scores: bool.)"""
+    key_real = attention_mask.bool()
+    positions = torch.arange(key_real.shape[1], device=key_real.device).expand_as(key_real)          # (B, T)
+    return kv_attention_mask(key_real, positions)

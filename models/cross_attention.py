@@ -52,6 +52,15 @@ class CrossAttentionCache:
             key[row], value[row] = source_key[source_row], source_value[source_row]
         self.row_has_image[row] = 1.0
 
+    def move(self, source_row: int, row: int) -> None:
+        """Copy row `source_row` to `row` (a continuous batch keeps its busy rows first)."""
+        if self.encoder_outputs is None:
+            return
+        self.encoder_outputs[row] = self.encoder_outputs[source_row]
+        for key, value in self.key_values:
+            key[row], value[row] = key[source_row], value[source_row]
+        self.row_has_image[row] = self.row_has_image[source_row]
+
 
 class CrossVisionBranch(BaseMixin):
     def __init__(self, config: CogAgentConfig, params_dtype: torch.dtype = torch.float32):
@@ -75,9 +84,10 @@ class CrossVisionBranch(BaseMixin):
             key_value = heads(key), heads(value)                                              # (B, nh, N, hd)
             if cross_cache is not None:
                 cross_cache.key_values[layer] = key_value
+        rows = hidden_states.shape[0]           # a step may run on the first rows of the cache only (the busy ones)
         query = heads(attention.query(hidden_states))                                         # (B, nh, T, hd)
-        context = F.scaled_dot_product_attention(query, *key_value)                           # every image token
+        context = F.scaled_dot_product_attention(query, *(t[:rows] for t in key_value))       # every image token
         out = attention.dense(context.transpose(1, 2).flatten(2))                             # (B, T, hidden)
         if cross_cache is not None and cross_cache.row_has_image is not None:
-            out = out * cross_cache.row_has_image.to(out)[:, None, None]                    # rows without an image
+            out = out * cross_cache.row_has_image[:rows].to(out)[:, None, None]             # rows without an image
         return out

@@ -21,7 +21,7 @@ from sat.model.base_model import BaseMixin
 from sat.mpu.layers import ColumnParallelLinear
 
 from .config import GLM4LanguageConfig, current_model_parallel_size
-from .kv_cache import KVCache
+from .kv_cache import CacheWrite, KVCache
 from .rotary import RotaryEmbedding
 from .visual_expert import causal_attention, swiglu
 
@@ -65,18 +65,19 @@ def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     return torch.cat([rotated, passing], dim=-1)
 
 
-def grouped_query_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None) -> torch.Tensor:
+def grouped_query_attention(query, key, value, mask: torch.Tensor | None) -> torch.Tensor:
     """query (B, nh, T, hd) over key / value (B, ng, S, hd): query head h reads group h // (nh / ng), a contiguous
-    run of heads per group, as the published code expands K/V. The K/V groups are never copied out per head."""
+    run of heads per group, as the published code expands K/V. The K/V groups are never copied out per head.
+    `mask` (B, 1, T, S) as causal_attention's."""
     batch, heads, new_tokens, head_dim = query.shape
     groups = key.shape[1]
     if new_tokens == 1:
         # A decode step: a group's nh / ng query heads are that many query rows over the group's keys, which all of
-        # them see (a padding mask (B, 1, 1, S) applies to every row alike).
+        # them see (a mask (B, 1, 1, S) applies to every row alike).
         rows = query.reshape(batch, groups, heads // groups, head_dim)                  # (B, ng, nh / ng, hd)
-        context = F.scaled_dot_product_attention(rows, key, value, attn_mask=padding_mask)
+        context = F.scaled_dot_product_attention(rows, key, value, attn_mask=mask)
         return context.reshape(batch, heads, 1, head_dim)
-    return causal_attention(query, key, value, past_length, padding_mask, enable_gqa=True)
+    return causal_attention(query, key, value, mask, enable_gqa=True)
 
 
 class GroupedQueryAttention(BaseMixin):
@@ -90,7 +91,7 @@ class GroupedQueryAttention(BaseMixin):
         self.rotary_pos_emb = RotaryEmbedding(lang.rotary_dim, lang.rotary_base)
 
     def attention_forward(self, hidden_states, mask, *, layer_id, rope, padding_mask: torch.Tensor | None = None,
-                          kv_cache: KVCache | None = None, **kw_args):
+                          kv_cache: KVCache | None = None, cache_write: CacheWrite | None = None, **kw_args):
         attention = self.transformer.layers[layer_id].attention
         heads = attention.num_attention_heads_per_partition
         groups = attention.num_multi_query_heads_per_partition
@@ -105,11 +106,10 @@ class GroupedQueryAttention(BaseMixin):
         query = apply_partial_rotary(query, cos, sin, self.rope_layout)
         key = apply_partial_rotary(key, cos, sin, self.rope_layout)
 
-        past_length = 0
-        if kv_cache is not None:
-            past_length = kv_cache.length
-            key, value = kv_cache.update(int(layer_id), key, value)         # (B, ng, S, hd)
-        context = grouped_query_attention(query, key, value, past_length, padding_mask)    # (B, nh, T, hd)
+        if cache_write is not None:
+            key, value = kv_cache.update(int(layer_id), key, value, cache_write)   # (B, ng, W, hd)
+            padding_mask = cache_write.mask                                       # (B, 1, T, W)
+        context = grouped_query_attention(query, key, value, padding_mask)        # (B, nh, T, hd)
         return attention.dense(context.transpose(1, 2).reshape(batch, length, heads * head_dim))
 
 

@@ -26,13 +26,12 @@ from torch import nn
 from sat.model.base_model import BaseModel
 from sat.ops.layernorm import RMSNorm
 
-from .cogvlm import LanguageModelHead, real_keys
+from .cogvlm import LanguageModelHead, attention_mask_over_padding
 from .config import GLM4VConfig
 from .glm4 import GroupedQueryAttention, SwiGLUUpProjection, decoder_args, rotary_tables
 from .inputs import ImageInputs, ModelInputs, check_inputs
 from .kv_cache import KVCache
 from .mlp_adapter import ImageEmbedding
-from .visual_expert import padding_attention_mask
 
 
 class GLM4VImageEmbedding(ImageEmbedding):
@@ -100,11 +99,12 @@ class GLM4VModel(BaseModel):
     def device(self) -> torch.device:
         return self.transformer.word_embeddings.weight.device
 
-    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
-        """Keys and values of the K/V groups only (2 per layer at 9B, not 32 heads)."""
+    def new_kv_cache(self, batch_size: int, max_length: int, static: bool = False) -> KVCache:
+        """Keys and values of the K/V groups only (2 per layer at 9B, not 32 heads). `static`: see
+        CogVLMModel.new_kv_cache."""
         attention = self.transformer.layers[0].attention
         return KVCache(len(self.transformer.layers), batch_size, attention.num_multi_query_heads_per_partition,
-                       max_length, attention.hidden_size_per_attention_head, self.dtype, self.device)
+                       max_length, attention.hidden_size_per_attention_head, self.dtype, self.device, static)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, images: ImageInputs | None = None,
                 image_embed_mask: torch.Tensor | None = None, vision_expert_mask: torch.Tensor | None = None,
@@ -118,16 +118,15 @@ class GLM4VModel(BaseModel):
         check_inputs(input_ids, position_ids, images, image_embed_mask, vision_expert_mask, attention_mask,
                      self.config.image_length)
         rope = rotary_tables(position_ids, self.config.language, self.dtype)
-        past_length = kv_cache.length if kv_cache is not None else 0
-        padding_mask = padding_attention_mask(real_keys(attention_mask, kv_cache, input_ids.shape), past_length,
-                                              input_ids.shape[1])
-        outputs = super().forward(
+        padding_mask, cache_write = None, None
+        if kv_cache is not None:
+            cache_write = kv_cache.begin(attention_mask, input_ids.shape)       # where each layer writes and reads
+        elif attention_mask is not None:
+            padding_mask = attention_mask_over_padding(attention_mask)
+        return super().forward(
             input_ids=input_ids, position_ids=position_ids, attention_mask=None, images=images,
             image_embed_mask=image_embed_mask, rope=rope, padding_mask=padding_mask, kv_cache=kv_cache,
-            last_token_only=last_token_only, output_hidden_states=output_hidden_states)
-        if kv_cache is not None:
-            kv_cache.advance(input_ids.shape[1])
-        return outputs
+            cache_write=cache_write, last_token_only=last_token_only, output_hidden_states=output_hidden_states)
 
     def forward_inputs(self, inputs: ModelInputs, *, kv_cache: KVCache | None = None, last_token_only: bool = False,
                        output_hidden_states: bool = False):

@@ -17,7 +17,7 @@ from sat.model.base_model import BaseMixin
 from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear
 
 from .config import CogVLMConfig
-from .kv_cache import KVCache
+from .kv_cache import CacheWrite, KVCache
 from .rotary import RotaryEmbedding, apply_rotary
 
 
@@ -58,37 +58,16 @@ def routed(routing: ExpertRouting | None, x: torch.Tensor, language: Callable, v
     return routing.route(x, language, vision)
 
 
-def padding_attention_mask(key_padding: torch.Tensor | None, past_length: int, new_tokens: int
-                           ) -> torch.Tensor | None:
-    """The attention mask of T new queries over S = past_length + T keys when some keys are padding, built once
-    per forward and read by every layer. -> (B, 1, T, S) bool, or None when `key_padding` is None.
+def causal_attention(query, key, value, mask: torch.Tensor | None = None, enable_gqa: bool = False
+                     ) -> torch.Tensor:
+    """Scaled dot-product attention of T queries over S keys. (B, nh, T, hd).
 
-    `key_padding` (B, S) bool is False at padded keys, which no query sees; every query still sees itself, so a
-    padding query attends to one key instead of none (a fully masked row is NaN in some PyTorch versions and
-    kernels, and a NaN value would reach real tokens through 0 * NaN)."""
-    if key_padding is None:
-        return None
-    ones = torch.ones(new_tokens, key_padding.shape[1], dtype=torch.bool, device=key_padding.device)
-    causal = ones.tril(past_length)                                                                 # (T, S)
-    itself = ones.triu(past_length) & causal                        # query t is key past_length + t   (T, S)
-    return causal & key_padding[:, None, None, :] | itself                                          # (B, 1, T, S)
-
-
-def causal_attention(query, key, value, past_length: int, padding_mask: torch.Tensor | None = None,
-                     enable_gqa: bool = False) -> torch.Tensor:
-    """Scaled dot-product attention of T new queries over S = past_length + T keys. (B, nh, T, hd).
-
-    `padding_mask` is padding_attention_mask's (B, 1, T, S), when some keys are padding. With `enable_gqa`, key and
-    value hold fewer heads (K/V groups), each shared by a contiguous run of query heads."""
-    if padding_mask is not None:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=padding_mask, enable_gqa=enable_gqa)
-    new_tokens, total = query.shape[2], key.shape[2]
-    if new_tokens == 1:                 # one decode step sees every cached position
-        return F.scaled_dot_product_attention(query, key, value, enable_gqa=enable_gqa)
-    if past_length == 0:                # prefill
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=enable_gqa)
-    mask = torch.ones(new_tokens, total, dtype=torch.bool, device=query.device).tril(past_length)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=enable_gqa)
+    `mask` (B, 1, T, S) bool says which keys each query sees (models/kv_cache.attention_mask: padding, a cache's
+    positions); None: the queries are the keys' positions and nothing is padding, so plain causal attention. With
+    `enable_gqa`, key and value hold fewer heads (K/V groups), each shared by a contiguous run of query heads."""
+    if mask is not None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=enable_gqa)
+    return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=enable_gqa)
 
 
 def _expert_linears(config: CogVLMConfig, make: Callable[[], nn.Module]) -> nn.ModuleDict:
@@ -110,7 +89,8 @@ class VisualExpertAttention(BaseMixin):
             params_dtype=params_dtype, skip_init=True, module=self, name="vision_dense"))
 
     def attention_forward(self, hidden_states, mask, *, layer_id, rope, expert_routing=None,
-                          padding_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None, **kw_args):
+                          padding_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                          cache_write: CacheWrite | None = None, **kw_args):
         attention = self.transformer.layers[layer_id].attention
         key = str(int(layer_id))
         vision_qkv = self.vision_query_key_value_list[key] if key in self.vision_query_key_value_list else None
@@ -123,11 +103,10 @@ class VisualExpertAttention(BaseMixin):
         cos, sin = rope
         query, key_ = apply_rotary(query, cos, sin), apply_rotary(key_, cos, sin)
 
-        past_length = 0
-        if kv_cache is not None:
-            past_length = kv_cache.length
-            key_, value = kv_cache.update(int(layer_id), key_, value)               # (B, nh, S, hd)
-        context = causal_attention(query, key_, value, past_length, padding_mask)   # (B, nh, T, hd)
+        if cache_write is not None:
+            key_, value = kv_cache.update(int(layer_id), key_, value, cache_write)     # (B, nh, W, hd)
+            padding_mask = cache_write.mask                                           # (B, 1, T, W)
+        context = causal_attention(query, key_, value, padding_mask)                # (B, nh, T, hd)
         context = context.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, T, H_p)
         return routed(expert_routing, context, attention.dense, vision_dense)
 

@@ -274,7 +274,7 @@ class EngineLoop:
                 # As the CLI goes on after one, answer the requests it hit with a 500 and start over.
                 self._fail_all(f"the model failed: {' '.join(str(problem).split()) or type(problem).__name__}")
                 scheduler = self._new_scheduler()
-            self.stats.busy_slots = sum(row is not None for row in scheduler.slots)
+            self.stats.busy_slots = len(scheduler.rows)
             self.stats.queued = len(scheduler.queue)
 
     def _fail_all(self, error: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
 from cogvlm.utils.inference.messages import message
+from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
 
 DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
@@ -38,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
                              f"overrides it")
     add_quant_arguments(parser)
+    add_decoding_arguments(parser)
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -211,7 +211,7 @@ def fake_generation(monkeypatch, token_ids):
     """Make ChatModel.stream see `token_ids` as the generated tokens (stop token handling is generate()'s)."""
     calls = []
 
-    def generate(model, prompt, sampling, stop_token_ids=()):
+    def generate(model, prompt, sampling, stop_token_ids=(), **decoding):       # decoding: compile, prefill_dtype
         calls.append(stop_token_ids)
         yield from token_ids
 

@@ -28,6 +28,7 @@ FIXTURE = REPO_ROOT / "tests" / "fixtures" / "cogvlm-tiny"
 CHECKPOINT = FIXTURE / "checkpoint"
 TOKENIZER = FIXTURE / "tokenizer.model"
 IMAGE = FIXTURE / "image.png"
+CAPTCHA = REPO_ROOT / "checkpoints" / "captcha-tiny" / "examples" / "3640.png"     # the embedded model reads "3640"
 OTHER_IMAGE = REPO_ROOT / "tests" / "fixtures" / "cogagent-tiny" / "image.png"     # same picture, other path
 FIXTURE_ARGS = ["--from_pretrained", str(CHECKPOINT), "--local_tokenizer", str(TOKENIZER)]
 
@@ -202,6 +203,20 @@ def test_under_torchrun_input_errors_keep_every_rank_going_and_startup_errors_en
     assert "Traceback" not in stderr and "ChildFailedError" not in stderr and "FAILED" not in stderr
     assert failed.returncode == 0         # see Console.startup_failure_status: torchrun reports any other code
     assert "Welcome" not in failed.stdout.decode()
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_group_size_that_does_not_divide_a_shard_is_one_line():
+    """--quant 4 --quant_group_size 64 fits the fixture at mp=1 (input features 64, 128) but not its mp=2 shards
+    (32): the user's one line names the model-parallel size, before any weight is read."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(SCRIPT), *FIXTURE_ARGS, "--quant", "4", "--quant_group_size", "64"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, timeout=HANG_TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    (problem,) = errors(result.stderr.decode())
+    assert "int4 group size 64 does not divide" in problem and "model-parallel size 2" in problem
+    assert "Welcome" not in result.stdout.decode()
 
 
 # --- Ctrl-C and terminals: a live process, its output read as it comes ------------------------------------------
@@ -499,6 +514,27 @@ def test_quant_reads_the_embedded_captcha(run, bits):
     assert code == 0, err
     assert out == "0695\n"
     assert errors(err) == []
+
+
+@pytest.mark.parametrize("flags", [["--fp16"], ["--bf16", "--prefill_dtype", "fp32"]])
+def test_half_precision_reads_the_embedded_captcha(run, flags):
+    """--fp16 (the published flag) and --bf16 end to end on CPU (a per-tensor cast while loading, prefill,
+    decode), here with either prefill dtype: the embedded captcha reader still reads its example."""
+    code, out, err = run([*flags, "--image", CAPTCHA, "--query", "What text is written in the image?"])
+    assert code == 0, err
+    assert out == "3640\n"
+
+
+def test_compile_runs_the_decode_steps_compiled(run, monkeypatch):
+    """--compile reaches generation (the compiled step itself is tests/test_compile.py's: a minute to compile)."""
+    from cogvlm.utils.inference import generation
+
+    calls = []
+    monkeypatch.setattr(generation, "compiled_decode_step",
+                        lambda *args: (calls.append(args[3].static), generation.decode_one_token(*args))[1])
+    code, out, err = run(["--compile", "--image", CAPTCHA, "--query", "What text is written in the image?"])
+    assert code == 0, err
+    assert out == "3640\n" and calls and all(calls)                # every step, over a static cache
 
 
 @pytest.mark.parametrize("argv", [["--image", IMAGE], ["--query", "Hi"]])

@@ -133,14 +133,17 @@ def drain(scheduler) -> list:
 
 @pytest.mark.parametrize("name", ["cogvlm", "cogagent"])
 def test_requests_admitted_at_different_steps_equal_each_alone(name, request):
-    """Submitted between decode steps, longer prompts after shorter ones (the cache makes room on the left), in a
-    cache just as long as the longest request (retired rows' positions are reclaimed)."""
+    """Submitted between decode steps, longer prompts after shorter ones, in a cache just as long as the longest
+    request: every row writes at its own position, and a retired row's place goes to the last busy row."""
     model, cases = fixture(request, name)
     seen, on_logits = recorder()
     scheduler = Scheduler(model, num_slots=2, max_length=86, on_logits=on_logits)
-    shifts = []
-    shift = scheduler.cache.shift
-    scheduler.cache.shift = lambda offset: (shifts.append(offset), shift(offset))[1]
+    moves, positions = [], []
+    move = scheduler.cache.move
+    scheduler.cache.move = lambda *args: (moves.append(args), move(*args))[1]
+    decode = scheduler.decode_step
+    scheduler.decode_step = lambda model, tokens, position, cache: (
+        positions.append(cache.next_position[:len(tokens)].tolist()), decode(model, tokens, position, cache))[1]
     plan = {0: ["base_describe"], 2: ["chat_describe"], 5: ["chat_history"], 9: ["vqa_color", "chat_bytes"],
             12: ["base_history_ignored"]}
     events, step = [], 0
@@ -152,7 +155,24 @@ def test_requests_admitted_at_different_steps_equal_each_alone(name, request):
     results = collect(events)
     for n in [n for names in plan.values() for n in names]:
         assert_published(cases, n, results[n][0], seen[n])
-    assert any(offset > 0 for offset in shifts) and any(offset < 0 for offset in shifts)
+    assert moves and any(len(set(rows)) == len(rows) == 2 for rows in positions)     # rows at their own positions
+
+
+def test_a_step_computes_the_busy_rows_only(cogvlm_model, cogvlm_cases):
+    """2 requests in 16 slots: every decode step is a batch of 2 (or 1 once one ends), and the results are the
+    published ones."""
+    seen, on_logits = recorder()
+    scheduler = Scheduler(cogvlm_model, num_slots=16, max_length=86, on_logits=on_logits)
+    batch_sizes = []
+    decode = scheduler.decode_step
+    scheduler.decode_step = lambda model, tokens, *rest: (batch_sizes.append(len(tokens)), decode(model, tokens,
+                                                                                                   *rest))[1]
+    scheduler.submit(case_request(cogvlm_cases, "chat_describe", "long"))
+    scheduler.submit(case_request(cogvlm_cases, "vqa_color", "short", max_length=32 + 4))
+    results = collect(drain(scheduler))
+    assert_published(cogvlm_cases, "chat_describe", results["long"][0], seen["long"])
+    assert results["short"][0] == cogvlm_cases["cases"]["vqa_color"]["generation"]["new_token_ids"][:4]
+    assert batch_sizes[:3] == [2, 2, 2] and set(batch_sizes[3:]) == {1}
 
 
 def test_cancel_frees_the_slot_for_a_queued_request(cogvlm_model, cogvlm_cases):
@@ -171,7 +191,7 @@ def test_cancel_frees_the_slot_for_a_queued_request(cogvlm_model, cogvlm_cases):
     assert {e.request_id for e in events[2:]} == {"vqa_color"}           # in the freed slot at once
     results = collect(first + events + drain(scheduler))
     assert_published(cogvlm_cases, "vqa_color", results["vqa_color"][0], seen["vqa_color"])
-    assert "chat_describe" not in seen and scheduler.slots == [None]
+    assert "chat_describe" not in seen and scheduler.rows == []
 
 
 def test_a_full_queue_refuses_a_request(cogvlm_model, cogvlm_cases):

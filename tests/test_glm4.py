@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvlm.models.glm4 import apply_partial_rotary, grouped_query_attention, rotary_tables
-from cogvlm.models.visual_expert import padding_attention_mask
+from cogvlm.models.kv_cache import attention_mask
 
 # --- rotary layouts -----------------------------------------------------------------------------------------------
 
@@ -67,8 +67,8 @@ def test_grouped_query_attention_equals_expanded_heads(groups, new_tokens, past,
     real = torch.ones(batch, total, dtype=torch.bool)
     if padded:
         real[0, :2] = False                                          # row 0 is left-padded by 2
-    mask = padding_attention_mask(real if padded else None, past, new_tokens)
-    causal = torch.ones(new_tokens, total, dtype=torch.bool).tril(past)
-    expected = expanded_attention(query, key, value, mask if padded else causal)
-    actual = grouped_query_attention(query, key, value, past, mask)
+    query_index = torch.arange(past, total).expand(batch, new_tokens)              # the new tokens' positions
+    mask = attention_mask(real, query_index)                                        # (B, 1, T, S)
+    expected = expanded_attention(query, key, value, mask)
+    actual = grouped_query_attention(query, key, value, mask)
     torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6)

@@ -73,6 +73,21 @@ def test_two_processes_match_published_logits_and_tokens(mp2_runs, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURES)
+def test_two_processes_batch_every_case_as_one_process_does(mp2_runs, name):
+    """The continuous-batching engine at mp=2 (3 slots for 9 cases): both ranks step the same batches, and every
+    row gives the published (mp=1) tokens and step logits."""
+    cases = torch.load(FIXTURES[name] / "cases.pt", weights_only=False)["cases"]
+    results = mp2_runs[name]["results"]
+    batched, traces = results["batched"], results["engine_traces"]
+    assert len(traces) == 2 and traces[0] == traces[1] and max(map(len, traces[0])) == 3
+    for case_name, case in cases.items():
+        assert batched["tokens"][case_name] == case["generation"]["new_token_ids"], case_name
+        torch.testing.assert_close(batched["step_logits"][case_name], case["generation"]["step_logits"],
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIXTURES)
 def test_checkpoint_saved_at_mp2_loads_at_mp1(mp2_runs, name):
     checkpoint = mp2_runs[name]["checkpoint"]
     assert json.loads((checkpoint / "model_config.json").read_text())["model_parallel_size"] == 2

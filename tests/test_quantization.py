@@ -80,6 +80,18 @@ def test_any_other_use_of_a_quantised_weight_is_a_type_error():
         quantized.sum()
 
 
+def test_a_group_size_that_does_not_divide_a_model_parallel_shard_names_the_size():
+    """At mp=2 a row-parallel layer of 64 input features holds 32 per rank: group size 64 cannot quantise it."""
+    from cogvlm.utils.quantization.weight_only import check_shapes
+
+    shard = {"transformer.layers.0.attention.dense": torch.nn.Linear(32, 64, bias=False, device="meta")}
+    check_shapes(shard, QuantConfig(bits=4, group_size=32), model_parallel_size=2)
+    with pytest.raises(QuantizationError, match="^int4 group size 64 does not divide the input features of 1 "
+                                                "layers in this rank's shard at model-parallel size 2 .*, e.g. "
+                                                r"transformer.layers.0.attention.dense \(32\)$"):
+        check_shapes(shard, QuantConfig(bits=4, group_size=64), model_parallel_size=2)
+
+
 def test_group_size_that_does_not_divide_is_one_line():
     with pytest.raises(QuantizationError, match="^int4 group size 32 does not divide the 100 input features of x$"):
         quantize_int4(random_weight(8, 100), 32, name="x")

@@ -1,5 +1,6 @@
 import torch
 
+from cogvlm.models.kv_cache import attention_mask
 from cogvlm.models.visual_expert import ExpertRouting, causal_attention
 
 
@@ -17,10 +18,11 @@ def test_no_image_tokens_means_no_routing():
     assert ExpertRouting.from_mask(torch.zeros(1, 4, dtype=torch.long)) is None
 
 
-def test_attention_with_a_cached_prefix_equals_full_causal_attention():
+def test_attention_of_new_queries_over_a_cache_window_equals_full_causal_attention():
+    """Two new queries at positions 4 and 5 over a window of 8 cache positions, the last two never written."""
     q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
-    full = causal_attention(q, k, v, past_length=0)
-    tail = causal_attention(q[:, :, 4:], k, v, past_length=4)           # two new queries over 6 keys
-    last = causal_attention(q[:, :, 5:], k, v, past_length=5)
+    full = causal_attention(q, k, v)
+    window_k, window_v = (torch.cat([t, torch.full((1, 2, 2, 4), 1e4)], 2) for t in (k, v))   # (1, 2, 8, 4)
+    written = torch.tensor([[True] * 6 + [False] * 2])                                           # (1, 8)
+    tail = causal_attention(q[:, :, 4:], window_k, window_v, attention_mask(written, torch.tensor([[4, 5]])))
     torch.testing.assert_close(tail, full[:, :, 4:])
-    torch.testing.assert_close(last, full[:, :, 5:])

@@ -171,6 +171,7 @@ def load_model(name_or_path, dtype: torch.dtype = torch.float32, device: str | t
 def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.Module]]:
     """Published weight key -> (module name, linear) of the weights `quant` quantises ({} without quant); a
     setting that cannot apply is a QuantizationError before any weight is read."""
+    from cogvlm.utils.parallel import model_parallel
     from cogvlm.utils.quantization import weight_only
 
     if quant is None:
@@ -179,7 +180,7 @@ def quantization_targets(model, quant, device) -> dict[str, tuple[str, torch.nn.
         raise weight_only.QuantizationError("--quant 4 runs on CPU only in this version (its weights are packed "
                                             "for PyTorch's CPU int4 kernel); use --quant 8 on CUDA")
     linears = weight_only.quantization_targets(model, quant.include_vision)
-    weight_only.check_shapes(linears, quant)
+    weight_only.check_shapes(linears, quant, model_parallel.rank_and_size()[1])
     keys = to_published({f"{name}.weight": None for name in linears}, type(model).__name__)
     return {key: (name, linears[name]) for key, name in zip(keys, linears)}
 

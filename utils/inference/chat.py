@@ -17,6 +17,7 @@ import torch
 from cogvlm.models.inputs import ImageInputs, ModelInputs
 from cogvlm.utils.inference.engine import Event, FinishReason, Request, Scheduler, generate_batch
 from cogvlm.utils.inference.generation import SamplingConfig, generate
+from cogvlm.utils.inference.precision import resolve_prefill_dtype
 from cogvlm.utils.preprocessing.image_processor import load_image
 from cogvlm.utils.preprocessing.processor import Processor
 from cogvlm.utils.preprocessing.glm4_tokenizer import GLM4Tokenizer, is_glm4_checkpoint
@@ -122,23 +123,31 @@ class TextStream:
 
 
 class ChatModel:
-    def __init__(self, model, config, tokenizer: LlamaTokenizer | GLM4Tokenizer, version: str, processor=None):
-        """`processor` None: CogVLM's / CogAgent's for `config` and `version`; the 9B models pass a GLM4Processor."""
+    def __init__(self, model, config, tokenizer: LlamaTokenizer | GLM4Tokenizer, version: str, processor=None,
+                 compile: bool = False, prefill_dtype: str = "auto"):
+        """`processor` None: CogVLM's / CogAgent's for `config` and `version`; the 9B models pass a GLM4Processor.
+        `compile`: decode steps run under torch.compile (CUDA graphs on CUDA). `prefill_dtype` ("auto", "fp32" or
+        "model"): the dtype of the prefill's matrix multiplies; "auto" is fp32 for bf16/fp16 weights on a CPU
+        without native bf16/fp16 matrix multiplies (utils/inference/precision.py)."""
         if processor is None:
             check_vocabulary(tokenizer, config.language.vocab_size)
             # CogAgent's processor also makes the image at its cross resolution (1120 px).
             processor = Processor.for_model(config, tokenizer, version)
         self.model, self.config, self.tokenizer, self.processor = model, config, tokenizer, processor
+        self.compile = compile
+        self.prefill_dtype = resolve_prefill_dtype(model.dtype, model.device, prefill_dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path, local_tokenizer: str | None = None, version: str = "chat",
                         dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        model_parallel_size: int | None = None, quant=None) -> "ChatModel":
+                        model_parallel_size: int | None = None, quant=None, compile: bool = False,
+                        prefill_dtype: str = "auto") -> "ChatModel":
         """A checkpoint's `text_processor_version`, when it has one, overrides `version` (as published).
 
         The tokenizer is found and checked against the checkpoint's model_config.json before the weights are read:
         a wrong one must not cost the minutes a 17B checkpoint takes to load. `quant` (8, 4 or a QuantConfig)
-        quantises the language model's linears while loading (see load_model)."""
+        quantises the language model's linears while loading (see load_model); `compile`, `prefill_dtype`: see
+        __init__."""
         from cogvlm.utils.checkpoint_io.loading import (config_from_model_config, load_model, read_model_config,
                                                         resolve_checkpoint_dir)
 
@@ -146,16 +155,18 @@ class ChatModel:
         model_config = read_model_config(checkpoint_dir)
         if is_glm4_checkpoint(model_config):            # GLM-4V-9B, CogAgent-9B: the GLM-4 tokenizer and template
             return cls._from_glm4_checkpoint(checkpoint_dir, model_config, local_tokenizer, dtype, device,
-                                             model_parallel_size, quant)
+                                             model_parallel_size, quant, compile, prefill_dtype)
         stored_config = config_from_model_config(model_config)
         tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, stored_config.language.vocab_size)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
                                    model_parallel_size=model_parallel_size, quant=quant)
-        return cls(model, config, tokenizer, config.text_processor_version or version)
+        return cls(model, config, tokenizer, config.text_processor_version or version, compile=compile,
+                   prefill_dtype=prefill_dtype)
 
     @classmethod
     def _from_glm4_checkpoint(cls, checkpoint_dir: Path, model_config: dict, local_tokenizer: str | None,
-                              dtype: torch.dtype, device: str, model_parallel_size: int | None, quant) -> "ChatModel":
+                              dtype: torch.dtype, device: str, model_parallel_size: int | None, quant,
+                              compile: bool = False, prefill_dtype: str = "auto") -> "ChatModel":
         from cogvlm.utils.checkpoint_io.loading import load_model
         from cogvlm.utils.preprocessing.glm4_processor import GLM4Processor, model_inputs_builder
         from cogvlm.utils.preprocessing.image_processor import ImageProcessor
@@ -166,7 +177,7 @@ class ChatModel:
         image_size = model_config["eva_args"]["image_size"]
         image = ImageProcessor(image_size[0] if isinstance(image_size, list) else image_size)
         processor = GLM4Processor(tokenizer, image, model_inputs_builder(config))
-        return cls(model, config, tokenizer, processor.version, processor)
+        return cls(model, config, tokenizer, processor.version, processor, compile, prefill_dtype)
 
     @property
     def version(self) -> str:
@@ -189,7 +200,8 @@ class ChatModel:
         """Yield the answer's text as it is generated (leading whitespace dropped, whole characters only)."""
         text = TextStream(self.tokenizer)
         for token_id in generate(self.model, self.prompt(query, history, image), sampling,
-                                 self.tokenizer.stop_token_ids):
+                                 self.tokenizer.stop_token_ids, compile=self.compile,
+                                 prefill_dtype=self.prefill_dtype):
             piece = text.push(token_id)
             if piece:
                 yield piece
@@ -215,7 +227,8 @@ class ChatModel:
                 continue
             prompts.append(Request(prompt, request.sampling, self.tokenizer.stop_token_ids, index))
         yield from failed
-        for event in generate_batch(self.model, prompts, num_slots):
+        for event in generate_batch(self.model, prompts, num_slots, compile=self.compile,
+                                    prefill_dtype=self.prefill_dtype):
             yield from _answer_events(event, streams[event.request_id])
 
     def stream_requests(self, requests: Iterable[ChatRequest], num_slots: int, max_length: int
@@ -225,7 +238,8 @@ class ChatModel:
         is loaded one by one as its turn comes). An event's `index` counts the requests in the order they were
         taken. `max_length` sizes the engine's cache rows: a request whose sampling.max_length is larger ends
         with an error."""
-        scheduler = Scheduler(self.model, num_slots, max_length, max_queue=num_slots)
+        scheduler = Scheduler(self.model, num_slots, max_length, max_queue=num_slots, compile=self.compile,
+                              prefill_dtype=self.prefill_dtype)
         streams: dict[int, TextStream] = {}         # the requests in the engine, by index
         pending = enumerate(requests)
         exhausted = False
@@ -242,7 +256,7 @@ class ChatModel:
                     yield AnswerEvent(index, finish_reason="error", error=str(problem))
                     continue
                 streams[index] = TextStream(self.tokenizer)
-                scheduler.submit(Request(prompt, request.sampling, (self.tokenizer.eos_token_id,), index))
+                scheduler.submit(Request(prompt, request.sampling, self.tokenizer.stop_token_ids, index))
             if not scheduler.busy:
                 return
             for event in scheduler.step():

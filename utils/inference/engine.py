@@ -3,13 +3,15 @@
     Request          one prompt (ModelInputs, B = 1), its sampling settings (seed, max_length) and stop ids
     Event            what a step produced for a request: a token, or its end (stop, length, cancelled, error)
     Scheduler        a bounded queue and `num_slots` rows of one KV cache. `step()` admits queued requests into
-                     free slots, runs one batched decode step over the busy slots, and retires finished rows
+                     free slots, runs one batched decode step over the busy rows, and retires finished rows
     generate_batch   a list of requests -> an iterator of events, every row streaming and stopping on its own
 
 Admission prefills the admitted requests together (left-padded, apart from other rows) in a cache of their own,
-then copies each row into its slot so that it ends at the shared cache length, where the next decode step writes;
-the positions before a row are padding, masked out of its attention. Rotary positions are each row's own, so a
-row's logits are those of the request run alone (within 1e-5 in fp32; tests/test_engine.py).
+then copies each row, without its padding, to the start of a free cache row; every row writes at its own cache
+position (models/kv_cache.py), so rows never move to line up. Busy rows are kept first in the cache (a retired
+row's place is taken by the last busy row), so a step over 2 busy rows of 16 slots costs a batch of 2. Rotary
+positions are each row's own, so a row's logits are those of the request run alone (within 1e-5 in fp32;
+tests/test_engine.py).
 
 Not thread-safe: one caller drives `step()` (a server wraps it in one loop).
 """
@@ -24,8 +26,8 @@ import torch
 
 from cogvlm.models.inputs import ModelInputs
 from cogvlm.models.kv_cache import KVCache
-from cogvlm.utils.inference.generation import (SamplingConfig, check_prompt_fits, decode_one_token, prefill,
-                                               sample_next_token)
+from cogvlm.utils.inference.generation import (SamplingConfig, check_prompt_fits, compiled_decode_step,
+                                               decode_one_token, prefill, sample_next_token)
 from cogvlm.utils.parallel.model_parallel import broadcast_from_first_rank
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -64,7 +66,7 @@ class _Row:
     request: Request
     generator: torch.Generator | None
     position: int                   # rotary position of the row's last token
-    length: int                     # cache positions the row spans, ending at the cache's length
+    length: int                     # cache positions the row holds (from 0), with the token the next step feeds
     generated: list[int] = field(default_factory=list)
     pending: int = 0                # the token the next decode step feeds
     cancelled: bool = False
@@ -78,29 +80,35 @@ class Scheduler:
     """Continuous batching: `submit` requests (at most `max_queue` waiting), call `step()` until not `busy`."""
 
     def __init__(self, model, num_slots: int, max_length: int, max_queue: int = 64,
-                 on_logits: Callable[[Hashable, torch.Tensor], None] | None = None):
+                 on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False,
+                 prefill_dtype: torch.dtype | None = None):
         """`max_length`: cache positions per slot (the largest max_length a request may ask for). `on_logits`
-        sees each row's (vocab,) logits before its token is sampled (scoring, tests)."""
+        sees each row's (vocab,) logits before its token is sampled (scoring, tests). `compile`: decode steps
+        run compiled (generation.compiled_decode_step) over a static cache. `prefill_dtype`: the prefills' matrix
+        multiplies run in it (generation.prefill)."""
         if num_slots < 1 or max_queue < 1:
             raise ValueError(f"num_slots and max_queue must be at least 1, got {num_slots} and {max_queue}")
         self.model, self.num_slots, self.max_length, self.max_queue = model, num_slots, max_length, max_queue
-        self.cache: KVCache = model.new_kv_cache(batch_size=num_slots, max_length=max_length)
-        self.cache.mark_all_padding()
-        self.slots: list[_Row | None] = [None] * num_slots
+        self.cache: KVCache = model.new_kv_cache(batch_size=num_slots, max_length=max_length, static=compile)
+        # The busy rows, in cache-row order: row i of the cache is rows[i]. Kept first in the cache (a retired
+        # row's place is taken by the last one), so that a decode step computes busy rows only.
+        self.rows: list[_Row] = []
         self.queue: deque[tuple[Hashable, Request]] = deque()
         self._ended: list[Event] = []          # cancellations of queued requests, reported at the next step
         self._numbers = itertools.count()
         self.on_logits = on_logits
+        self.decode_step = compiled_decode_step if compile else decode_one_token
+        self.prefill_dtype = prefill_dtype
 
     @property
     def busy(self) -> bool:
-        return bool(self.queue or self._ended or any(self.slots))
+        return bool(self.queue or self._ended or self.rows)
 
     def submit(self, request: Request) -> Hashable:
         """Queue a request; -> its id. A full queue is a QueueFullError (nothing is queued)."""
         if len(self.queue) >= self.max_queue:
             raise QueueFullError(f"the queue already holds {self.max_queue} request(s); retry when some finish")
-        in_use = {queued_id for queued_id, _ in self.queue} | {row.request_id for row in self.slots if row is not None}
+        in_use = {queued_id for queued_id, _ in self.queue} | {row.request_id for row in self.rows}
         request_id = request.request_id
         if request_id is None:
             request_id = next(number for number in self._numbers if number not in in_use)
@@ -117,39 +125,37 @@ class Scheduler:
                 self.queue.remove(queued)
                 self._ended.append(Event(request_id, finish_reason="cancelled"))
                 return True
-        for row in self.slots:
-            if row is not None and row.request_id == request_id:
+        for row in self.rows:
+            if row.request_id == request_id:
                 row.cancelled = True
                 return True
         return False
 
     @torch.inference_mode()
     def step(self) -> list[Event]:
-        """Retire cancelled rows, admit queued requests into free slots, decode one token for every busy slot."""
+        """Retire cancelled rows, admit queued requests into free slots, decode one token for every busy row."""
         events, self._ended = self._ended, []
-        for slot, row in enumerate(self.slots):
-            if row is not None and row.cancelled:
-                self._retire(slot, "cancelled", events)
+        for row in [row for row in self.rows if row.cancelled]:
+            self._retire(row, "cancelled", events)
         self._admit(events)
-        if any(self.slots):
+        if self.rows:
             self._decode(events)
         return events
 
     # --- admission -------------------------------------------------------------------------------------------------
 
     def _admit(self, events: list[Event]) -> None:
-        free = [slot for slot, row in enumerate(self.slots) if row is None]
-        admitted: list[tuple[int, Hashable, Request]] = []
-        while free and self.queue:
+        admitted: list[tuple[Hashable, Request]] = []
+        while len(self.rows) + len(admitted) < self.num_slots and self.queue:
             request_id, request = self.queue.popleft()
             problem = self._problem(request)
             if problem:
                 events.append(Event(request_id, finish_reason="error", error=problem))
                 continue
-            admitted.append((free.pop(0), request_id, request))
+            admitted.append((request_id, request))
         # CogAgent's cross-attention takes a batch whose rows all have an image or none: prefill them apart.
         for has_image in (True, False):
-            group = [item for item in admitted if (item[2].prompt.images is not None) == has_image]
+            group = [item for item in admitted if (item[1].prompt.images is not None) == has_image]
             if group:
                 self._prefill(group, events)
 
@@ -169,61 +175,47 @@ class Scheduler:
             return str(problem)
         return None
 
-    def _prefill(self, group: list[tuple[int, Hashable, Request]], events: list[Event]) -> None:
-        """Prefill `group` together in a cache of its own, then copy its rows into their slots. When the group
-        fails, its rows are retried alone, so that only the bad request ends with an error."""
+    def _prefill(self, group: list[tuple[Hashable, Request]], events: list[Event]) -> None:
+        """Prefill `group` together in a cache of its own, then copy its rows, without their padding, after the
+        busy rows. When the group fails, its rows are retried alone, so that only the bad request ends with an
+        error."""
         try:
-            batch = ModelInputs.batch([request.prompt for _, _, request in group], PAD_ID)
+            batch = ModelInputs.batch([request.prompt for _, request in group], PAD_ID)
             cache = self.model.new_kv_cache(batch_size=len(group), max_length=len(batch))
-            logits = prefill(self.model, batch, cache)                                      # (k, vocab)
+            logits = prefill(self.model, batch, cache, self.prefill_dtype)                  # (k, vocab)
         except ValueError as problem:                   # InvalidInputsError and friends: the inputs, not the model
             if len(group) > 1:
                 for item in group:
                     self._prefill([item], events)
                 return
-            events.append(Event(group[0][1], finish_reason="error", error=str(problem)))
+            events.append(Event(group[0][0], finish_reason="error", error=str(problem)))
             return
-        self._make_room(len(batch))
-        for i, (slot, request_id, request) in enumerate(group):
-            self.cache.place(slot, cache, i)
+        placed = []
+        for i, (request_id, request) in enumerate(group):
+            slot = len(self.rows)
+            self.cache.place(slot, cache, i, len(request.prompt))
             if self.cache.cross is not None:
                 self.cache.cross.place(slot, self.num_slots, cache.cross, i)
-            self.slots[slot] = _Row(request_id, request, _generator(request.sampling, self.model.device),
-                                    position=int(request.prompt.position_ids[0, -1]), length=len(request.prompt))
-        self._sample([slot for slot, _, _ in group], logits, events)
-
-    def _make_room(self, length: int) -> None:
-        """Let the cache's shared length reach `length` positions, so that a row that long ends there."""
-        if length > self.cache.length:
-            self.cache.shift(length - self.cache.length)
+            self.rows.append(_Row(request_id, request, _generator(request.sampling, self.model.device),
+                                  position=int(request.prompt.position_ids[0, -1]), length=len(request.prompt)))
+            placed.append(self.rows[-1])
+        self._sample(placed, logits, events)
 
     # --- decoding --------------------------------------------------------------------------------------------------
 
     def _decode(self, events: list[Event]) -> None:
-        """One token for every slot (free ones compute a discarded row: the cache's shape stays fixed)."""
-        if self.cache.length == self.max_length:
-            self._reclaim()
-        busy = [slot for slot, row in enumerate(self.slots) if row is not None]
-        tokens = torch.zeros(self.num_slots, 1, dtype=torch.long)                          # (S, 1)
-        positions = torch.zeros(self.num_slots, 1, dtype=torch.long)                       # (S, 1)
-        for slot in busy:
-            row = self.slots[slot]
+        """One token for every busy row (the first len(rows) rows of the cache; free slots cost nothing)."""
+        for row in self.rows:
             row.position += 1
             row.length += 1
-            tokens[slot, 0], positions[slot, 0] = row.pending, row.position
         device = self.model.device
-        logits = decode_one_token(self.model, tokens.to(device), positions.to(device), self.cache)   # (S, vocab)
-        self._sample(busy, logits[busy], events)
+        tokens = torch.tensor([[row.pending] for row in self.rows], device=device)              # (k, 1)
+        positions = torch.tensor([[row.position] for row in self.rows], device=device)          # (k, 1)
+        logits = self.decode_step(self.model, tokens, positions, self.cache)                     # (k, vocab)
+        self._sample(list(self.rows), logits, events)
 
-    def _reclaim(self) -> None:
-        """Shift every row left by the padding that all of them have (retired rows leave it): a busy row spans at
-        most max_length - 1 positions before its next token, so this always frees at least one."""
-        start = min(self.cache.length - row.length for row in self.slots if row is not None)
-        self.cache.shift(-start)
-
-    def _sample(self, slots: list[int], logits: torch.Tensor, events: list[Event]) -> None:
-        """logits (len(slots), vocab): each row samples with its own settings and generator, then goes on or ends."""
-        rows = [self.slots[slot] for slot in slots]
+    def _sample(self, rows: list[_Row], logits: torch.Tensor, events: list[Event]) -> None:
+        """logits (len(rows), vocab): each row samples with its own settings and generator, then goes on or ends."""
         if self.on_logits is not None:
             for row, row_logits in zip(rows, logits):
                 self.on_logits(row.request_id, row_logits)
@@ -233,23 +225,28 @@ class Scheduler:
                               row.request.sampling, row.generator)[0]
             for i, row in enumerate(rows)])                                                  # (k,)
         tokens = broadcast_from_first_rank(tokens)      # model-parallel ranks must continue with the same tokens
-        for slot, row, token in zip(slots, rows, tokens.tolist()):
+        for row, token in zip(rows, tokens.tolist()):
             if token in row.request.stop_token_ids:
-                self._retire(slot, "stop", events)
+                self._retire(row, "stop", events)
                 continue
             row.generated.append(token)
             events.append(Event(row.request_id, token_id=token))
             if len(row.generated) == row.budget:
-                self._retire(slot, "length", events)
+                self._retire(row, "length", events)
             else:
                 row.pending = token
 
-    def _retire(self, slot: int, reason: FinishReason, events: list[Event]) -> None:
-        events.append(Event(self.slots[slot].request_id, finish_reason=reason))
-        self.slots[slot] = None
-        if not any(self.slots):         # an empty cache starts over at position 0
-            self.cache.length = 0
-            self.cache.mark_all_padding()
+    def _retire(self, row: _Row, reason: FinishReason, events: list[Event]) -> None:
+        """End `row`'s request and free its cache row: the last busy row moves into it, so busy rows stay first."""
+        events.append(Event(row.request_id, finish_reason=reason))
+        slot, last = self.rows.index(row), len(self.rows) - 1
+        if slot != last:
+            self.cache.move(last, slot, self.rows[last].length)
+            if self.cache.cross is not None:
+                self.cache.cross.move(last, slot)
+            self.rows[slot] = self.rows[last]
+        self.rows.pop()
+        self.cache.bound(max((busy.length for busy in self.rows), default=0))
 
 
 def _generator(sampling: SamplingConfig, device) -> torch.Generator | None:
@@ -260,17 +257,20 @@ def _generator(sampling: SamplingConfig, device) -> torch.Generator | None:
 
 
 def generate_batch(model, requests: Iterable[Request], num_slots: int | None = None,
-                   on_logits: Callable[[Hashable, torch.Tensor], None] | None = None) -> Iterator[Event]:
+                   on_logits: Callable[[Hashable, torch.Tensor], None] | None = None, compile: bool = False,
+                   prefill_dtype: torch.dtype | None = None) -> Iterator[Event]:
     """Generate `requests` together; yield their events as they happen. Request ids default to list indices.
 
-    With `num_slots` below the number of requests, the others wait in the queue and join as rows finish."""
+    With `num_slots` below the number of requests, the others wait in the queue and join as rows finish.
+    `compile`, `prefill_dtype`: see Scheduler."""
     requests = [request if request.request_id is not None else replace(request, request_id=i)
                 for i, request in enumerate(requests)]
     if not requests:
         return
     scheduler = Scheduler(model, num_slots or len(requests),
                           max_length=max(request.sampling.max_length for request in requests),
-                          max_queue=len(requests), on_logits=on_logits)
+                          max_queue=len(requests), on_logits=on_logits, compile=compile,
+                          prefill_dtype=prefill_dtype)
     for request in requests:
         scheduler.submit(request)
     while scheduler.busy:

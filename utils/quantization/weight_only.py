@@ -213,21 +213,24 @@ def install(linear: torch.nn.Module, weight: QuantizedWeight) -> None:
     linear.weight = weight              # a plain attribute: what SAT's forward reads as self.weight
 
 
-def check_shapes(targets: dict[str, torch.nn.Module], config: QuantConfig) -> None:
+def check_shapes(targets: dict[str, torch.nn.Module], config: QuantConfig, model_parallel_size: int = 1) -> None:
     """Before any weight is read: a group size that does not divide a layer's input features is an error, and
-    so are output features the int4 packing cannot take."""
+    so are output features the int4 packing cannot take. The shapes are this rank's shard's: under model
+    parallelism the error says so, since the same checkpoint quantises at another size."""
     if config.bits != 4:
         return
+    shard = (f" in this rank's shard at model-parallel size {model_parallel_size} (each rank holds part of a "
+             f"layer; a smaller size or group size may fit)") if model_parallel_size > 1 else ""
     bad = [f"{name} ({module.weight.shape[1]})" for name, module in targets.items()
            if module.weight.shape[1] % config.group_size]
     if bad:
         raise QuantizationError(f"int4 group size {config.group_size} does not divide the input features of "
-                                f"{len(bad)} layers, e.g. {bad[0]}")
+                                f"{len(bad)} layers{shard}, e.g. {bad[0]}")
     bad = [f"{name} ({module.weight.shape[0]})" for name, module in targets.items()
            if module.weight.shape[0] % INT4_ROW_MULTIPLE]
     if bad:
         raise QuantizationError(f"int4 needs output features divisible by {INT4_ROW_MULTIPLE}, which {len(bad)} "
-                                f"layers do not have, e.g. {bad[0]}")
+                                f"layers do not have{shard}, e.g. {bad[0]}")
 
 
 def is_quantized(model) -> bool:
