@@ -93,7 +93,7 @@ def _check(state_dict: dict, expected: set[str], side: str) -> None:
                              f"unexpected {unexpected[:5]}")
 
 
-def _with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -> dict[str, torch.Tensor]:
+def with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -> dict[str, torch.Tensor]:
     """The rotary `inv_freq` buffer is derived data, which no forward reads: when a folder lacks it, it is computed
     from the config (as the published code registers it), in the dtype of the other tensors."""
     if key in state_dict:
@@ -110,7 +110,7 @@ def hf_to_sat(hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     the rotary buffer)."""
     num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
     pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
-    hf = _with_rotary_buffer(hf, HF_ROTARY_BUFFER, config)
+    hf = with_rotary_buffer(hf, HF_ROTARY_BUFFER, config)
     _check(hf, {h for _, h in pairs} | {h for h, _ in splits}, "the Hugging Face")
     sat = {s: hf[h] for s, h in pairs}
     for h, blocks in splits:
@@ -123,7 +123,7 @@ def sat_to_hf(sat: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A published SAT state dict in HF names for a GLM4VConfig (strict, as hf_to_sat)."""
     num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
     pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
-    sat = _with_rotary_buffer(sat, SAT_ROTARY_BUFFER, config)
+    sat = with_rotary_buffer(sat, SAT_ROTARY_BUFFER, config)
     _check(sat, {s for s, _ in pairs} | {k for _, blocks in splits for k in blocks}, "the SAT")
     hf = {h: sat[s] for s, h in pairs}
     for h, blocks in splits:
