@@ -593,6 +593,17 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+# model_config.json's tokenizer_type of a 9B checkpoint (utils/checkpoint_io/glm4v_conversion.py writes it).
+GLM4_TOKENIZER_TYPE = "glm4"
+GLM4_MODEL_CLASSES = (GLM4VConfig.model_class,)
+
+
+def is_glm4_checkpoint(model_config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's model_config.json is of the GLM-4 family (its tokenizer and chat template)."""
+    return (model_config.get("tokenizer_type") == GLM4_TOKENIZER_TYPE
+            or model_config.get("model_class") in GLM4_MODEL_CLASSES)
+
+
 GLM4V_9B_CONFIG = GLM4VConfig()
 COGAGENT_9B_CONFIG = GLM4VConfig(language=GLM4LanguageConfig(rope_layout="rotate_half"))
 PUBLISHED_GLM4V_CONFIGS: dict[str, GLM4VConfig] = {
