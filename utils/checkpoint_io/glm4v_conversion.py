@@ -167,25 +167,6 @@ def _hf_shapes(config) -> dict[str, tuple[int, ...]]:
     }
 
 
-def renamed_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
-    """HF names -> SAT names by the model's table (glm4v_names), consuming `hf`: each fused SwiGLU projection is
-    split into its SAT row blocks (copies: torch.save would store a view's whole storage) and released at once, so
-    a 9B conversion holds one layer's projection twice, not all 40 (9 GB in bf16)."""
-    for hf_key, blocks in glm4v_names.split_keys(num_layers):
-        for sat_key, rows in zip(blocks, hf.pop(hf_key).chunk(len(blocks), dim=0)):
-            hf[sat_key] = rows.clone()
-    renamed = {sat: hf.pop(hf_key) for sat, hf_key in glm4v_names.key_pairs(num_layers, num_vision_layers)}
-    return {**renamed, **hf}            # the split blocks, already under SAT names
-
-
-def renamed_to_hf(sat: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
-    """SAT names -> HF names by the model's table; the SAT row blocks fused back into HF's projection."""
-    hf = {hf_key: sat[sat_key] for sat_key, hf_key in glm4v_names.key_pairs(num_layers, num_vision_layers)}
-    for hf_key, blocks in glm4v_names.split_keys(num_layers):
-        hf[hf_key] = torch.cat([sat[key] for key in blocks], dim=0)
-    return hf
-
-
 # --- whole checkpoints (hf_conversion.py reads and writes the files) ----------------------------------------------
 
 def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -197,7 +178,7 @@ def to_sat(hf_config: dict, weights: dict[str, torch.Tensor], source) -> tuple[d
     sat_layout.check_tensors(expected, weights, source, f"the {MODEL_CLASS} its {HF_CONFIG_FILE} describes",
                              {INV_FREQ_HF}, GLM4VConversionError)
     weights = glm4v_names.with_rotary_buffer(weights, INV_FREQ_HF, config)
-    return model_config, renamed_to_sat(weights, config.language.num_layers, config.vision.num_layers)
+    return model_config, glm4v_names.renamed_to_sat(weights, config.language.num_layers, config.vision.num_layers)
 
 
 def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -211,9 +192,9 @@ def to_hf(model_config: dict, state_dict: dict[str, torch.Tensor], source) -> tu
     hf_config = hf_config_from_model_config(model_config, dtype)
     config = config_from_hf(hf_config)
     layers, vision_layers = config.language.num_layers, config.vision.num_layers
-    expected = renamed_to_sat({key: torch.empty(shape, device="meta") for key, shape in _hf_shapes(config).items()},
-                              layers, vision_layers)
+    expected = glm4v_names.renamed_to_sat({key: torch.empty(shape, device="meta")
+                                           for key, shape in _hf_shapes(config).items()}, layers, vision_layers)
     sat_layout.check_tensors(expected, state_dict, source, f"the {MODEL_CLASS} its {sat_layout.CONFIG_FILE} "
                              "describes", {INV_FREQ_SAT}, GLM4VConversionError)
     state_dict = glm4v_names.with_rotary_buffer(state_dict, INV_FREQ_SAT, config)
-    return hf_config, renamed_to_hf(state_dict, layers, vision_layers)
+    return hf_config, glm4v_names.renamed_to_hf(state_dict, layers, vision_layers)
