@@ -2,6 +2,7 @@
 
     python basic_demo/agent_demo.py --from_pretrained cogagent-9b-20241220 --platform WIN \\
         --format_key action_op_sensitive --output_image_path results
+    python basic_demo/agent_demo.py ... --format action_operation_sensitive    # the same, as issue 13 spells it
     python basic_demo/agent_demo.py ... --execute dry_run      # also print the input events it would make
 
 Each round asks for a screenshot (path or URL) and the task. The query is built as the published demos build it
@@ -33,7 +34,7 @@ from cogvlm.basic_demo.cli_demo_sat import CLEAR, DEFAULT_CHECKPOINT, EXIT_INTER
 from cogvlm.utils.agent.answer import AgentStep, Unparsed, format_operation, parse_answer
 from cogvlm.utils.agent.drawing import draw_step
 from cogvlm.utils.agent.executor import DesktopExecutor, DryRunExecutor, Executor, Result, ask_on_terminal
-from cogvlm.utils.agent.protocol import AnswerFormat, HistoryStep, Platform, build_query
+from cogvlm.utils.agent.protocol import AnswerFormat, HistoryStep, Platform, build_query, format_key
 from cogvlm.utils.inference.messages import describe, message
 from cogvlm.utils.inference.options import add_decoding_arguments
 from cogvlm.utils.quantization.options import add_quant_arguments
@@ -50,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--platform", default=Platform.MAC.value, choices=[p.value for p in Platform],
                         help="the screenshots' system, as the model was trained (default Mac, as published)")
     parser.add_argument("--format_key", "--format", dest="format_key", default=AnswerFormat.ACTION_OP_SENSITIVE.value,
-                        choices=[f.value for f in AnswerFormat], help="the answer format (default %(default)s)")
+                        type=format_key, choices=[f.value for f in AnswerFormat],
+                        help="the answer format, the published key; 'op' may be spelled 'operation' "
+                             "(default %(default)s)")
     parser.add_argument("--output_image_path", default="results", help="folder for the screenshots with the step drawn")
     parser.add_argument("--execute", default="none", choices=EXECUTORS,
                         help="none: only show the step; dry_run: print its input events; desktop: perform them")

@@ -3,10 +3,13 @@
     python basic_demo/cli_demo_sat.py                                  # the embedded captcha reader
     python basic_demo/cli_demo_sat.py --from_pretrained cogvlm-chat-v1.1 --local_tokenizer PATH --bf16
     python basic_demo/cli_demo_sat.py --image cat.png --query "What is in the image?"      # one-shot
+    python basic_demo/cli_demo_sat.py --from_pretrained glm-4v-9b --query "Hello"    # text-only (the 9B models)
     torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py ...          # split across 2 processes (model parallel)
 
 Interactive: an image path or URL, then queries; "clear" starts over with a new image, "stop" or end of input
-ends. Bad input gets a one-line error and the loop goes on. Ctrl-C stops the current answer; at a prompt it ends
+ends. With GLM-4V-9B or CogAgent-9B an empty image line starts a text-only chat (and --query may go without
+--image); CogVLM and CogAgent-18B need an image, as in the published demo. Bad input gets a one-line error and the
+loop goes on. Ctrl-C stops the current answer; at a prompt it ends
 the session (exit status 130).
 
 Output: answers, prompts and the session's own lines on stdout; errors, notes and the libraries' start-up notices
@@ -76,12 +79,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stream_chat", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--output_dir", default="output", help="where answers with boxes are drawn (PNG)")
     parser.add_argument("--image", help="one-shot: the image path or URL (with --query)")
-    parser.add_argument("--query", help="one-shot: the question; prints the answer and exits")
+    parser.add_argument("--query", help="one-shot: the question; prints the answer and exits (without --image: a "
+                                        "text-only question, for GLM-4V-9B and CogAgent-9B)")
     args = parser.parse_args(argv)
-    if (args.image is None) != (args.query is None):
+    if args.image is not None and args.query is None:
+        parser.error(message("image_and_query", args.chinese))
+    if args.query is not None and args.image is None and not answers_without_image(args.from_pretrained):
         parser.error(message("image_and_query", args.chinese))
     check_common_arguments(parser, args, args.chinese)
     return args
+
+
+def answers_without_image(from_pretrained: str) -> bool:
+    """Whether the checkpoint is of a model that also chats without an image (GLM-4V-9B, CogAgent-9B), told from
+    its model_config.json before torch is imported; a checkpoint not on disk yet (a name still to download) is
+    taken to need one, as the CogVLM checkpoints do."""
+    from cogvlm.models.config import is_glm4_checkpoint
+    from cogvlm.utils.checkpoint_io.sat_home import local_model_config
+
+    model_config = local_model_config(from_pretrained)
+    return model_config is not None and is_glm4_checkpoint(model_config)
 
 
 class Console:
@@ -206,7 +223,7 @@ class BoxDrawer:
     def __call__(self, picture, response: str) -> None:
         from cogvlm.utils.grounding.boxes import draw_boxes, ground_phrases, parse_boxes
 
-        if self.console.rank != 0 or not parse_boxes(response):
+        if self.console.rank != 0 or picture is None or not parse_boxes(response):     # None: a text-only chat
             return
         self.count += 1
         try:
@@ -223,15 +240,18 @@ def interactive(chat, console: Console, sampling, stream: bool, draw: BoxDrawer)
     from cogvlm.utils.preprocessing.image_processor import load_image
 
     console.say(message("welcome", console.chinese))
+    text_only_allowed = chat.answers_without_image
     while True:
-        source = console.ask("image_prompt")
+        source = console.ask("image_prompt_optional" if text_only_allowed else "image_prompt")
         if source is None or source == STOP:
             return
         if source == CLEAR:
             continue
+        picture = image = None                  # an empty line, where allowed: a text-only chat
         try:
-            picture = console.from_first_rank(lambda: load_image(source))
-            image = chat.preprocess(picture)
+            if source or not text_only_allowed:
+                picture = console.from_first_rank(lambda: load_image(source))
+                image = chat.preprocess(picture)
         except ValueError as problem:
             console.error(problem)
             continue
@@ -287,9 +307,12 @@ def load_chat(args, console: Console):
 def one_shot(chat, console: Console, args, sampling, draw: BoxDrawer) -> int:
     from cogvlm.utils.preprocessing.image_processor import load_image
 
+    picture = image = None                      # no --image: a text-only question (parse_args allowed it)
     try:
-        picture = console.from_first_rank(lambda: load_image(args.image))
-        response = chat.answer(args.query, [], chat.preprocess(picture), sampling)
+        if args.image is not None:
+            picture = console.from_first_rank(lambda: load_image(args.image))
+            image = chat.preprocess(picture)
+        response = chat.answer(args.query, [], image, sampling)
     except console.recoverable as problem:
         console.error(problem)
         return 1
@@ -315,7 +338,7 @@ def run(args, console: Console) -> int:
     sampling = SamplingConfig(max_length=args.max_length, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     draw = BoxDrawer(console, args.output_dir)
-    if args.image is not None:
+    if args.query is not None:
         console.note(message("version", args.chinese, version=chat.version))
         return one_shot(chat, console, args, sampling, draw)
     console.say(message("version", args.chinese, version=chat.version))

@@ -492,9 +492,9 @@ class GLM4VConfig:
     def from_hf_config(cls, hf_config: dict[str, Any]) -> "GLM4VConfig":
         """The configuration a Hugging Face glm-4v-9b / cogagent-9b-20241220 config.json describes."""
         vision = hf_config["vision_config"]
-        fixed = [(key, hf_config.get(key, value), value) for key, value in GLM4V_HF_FIXED_FIELDS.items()]
+        fixed = [(key, hf_config.get(key, value), value) for key, value in GLM4V_HF_REQUIRED_FIELDS.items()]
         fixed += [(f"vision_config.{key}", vision.get(key, value), value)
-                  for key, value in GLM4V_HF_VISION_FIXED_FIELDS.items()]
+                  for key, value in GLM4V_HF_VISION_REQUIRED_FIELDS.items()]
         for key, found, published in fixed:
             if found != published:
                 raise ValueError(f"config.json: {key} {found!r} is not GLM-4V's {published!r}")
@@ -557,15 +557,22 @@ class GLM4VConfig:
         return config
 
 
-# config.json fields of the published remote code that this implementation does not vary: their published values.
-GLM4V_HF_FIXED_FIELDS = {
-    "add_bias_linear": False, "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
-    "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0, "attention_softmax_in_fp32": True,
-    "attn_implementation": "sdpa", "bias_dropout_fusion": True, "fp32_residual_connection": False,
-    "hidden_dropout": 0.0, "post_layer_norm": True, "rmsnorm": True, "use_cache": True,
-    "transformers_version": "4.44.0", "tie_word_embeddings": False,
+# config.json fields whose value the model's structure depends on: the only values this implementation computes
+# (another value is an error, not a silently different model).
+GLM4V_HF_REQUIRED_FIELDS = {
+    "add_bias_linear": False, "add_qkv_bias": True, "apply_residual_connection_post_layernorm": False,
+    "post_layer_norm": True, "rmsnorm": True, "tie_word_embeddings": False,
 }
-GLM4V_HF_VISION_FIXED_FIELDS = {"dropout_prob": 0.0, "hidden_act": "gelu"}
+# config.json fields of the published remote code that only its runtime reads (dropout, kernels, fp32 options,
+# version): written with their published values, and not checked on the way in.
+GLM4V_HF_PUBLISHED_FIELDS = {
+    "apply_query_key_layer_scaling": True, "attention_dropout": 0.0, "attention_softmax_in_fp32": True,
+    "attn_implementation": "sdpa", "bias_dropout_fusion": True, "fp32_residual_connection": False,
+    "hidden_dropout": 0.0, "use_cache": True, "transformers_version": "4.44.0",
+}
+GLM4V_HF_FIXED_FIELDS = {**GLM4V_HF_REQUIRED_FIELDS, **GLM4V_HF_PUBLISHED_FIELDS}
+GLM4V_HF_VISION_REQUIRED_FIELDS = {"hidden_act": "gelu"}          # the tower's MLP is exact GELU
+GLM4V_HF_VISION_FIXED_FIELDS = {"dropout_prob": 0.0, **GLM4V_HF_VISION_REQUIRED_FIELDS}
 GLM4V_HF_AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
@@ -584,6 +591,17 @@ _GLM4V_MODELLED_KEYS = {
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# model_config.json's tokenizer_type of a 9B checkpoint (utils/checkpoint_io/glm4v_conversion.py writes it).
+GLM4_TOKENIZER_TYPE = "glm4"
+GLM4_MODEL_CLASSES = (GLM4VConfig.model_class,)
+
+
+def is_glm4_checkpoint(model_config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's model_config.json is of the GLM-4 family (its tokenizer and chat template)."""
+    return (model_config.get("tokenizer_type") == GLM4_TOKENIZER_TYPE
+            or model_config.get("model_class") in GLM4_MODEL_CLASSES)
 
 
 GLM4V_9B_CONFIG = GLM4VConfig()

@@ -12,6 +12,7 @@ import torch
 FIXTURES = Path(__file__).parent / "fixtures"
 GLM4V_TINY = FIXTURES / "glm4v-tiny"
 COGAGENT9B_TINY = FIXTURES / "cogagent9b-tiny"
+GLM4_TOKENIZER = FIXTURES / "glm4-tokenizer" / "tokenizer.model"
 WEIGHTS_SEED = 1234
 WEIGHTS_SHA256 = "18191e089ac4573e0610ac76b945673ed9d049e5be835aa93f9ec2a9d2aa6049"     # shared by both fixtures
 
@@ -47,6 +48,33 @@ def regenerate_hf_weights(fixture: Path, seed: int = WEIGHTS_SEED) -> dict[str, 
             tensor = tensor * (shape[-1] ** -0.5)
         weights[name] = tensor
     return weights
+
+
+def write_hf_folder(fixture: Path, folder: Path) -> Path:
+    """The fixture as a published HF folder: config.json, the regenerated weights (one model.safetensors) and the
+    real GLM-4 tokenizer.model (what glm-4v-9b / cogagent-9b-20241220 ship, at tiny size)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(regenerate_hf_weights(fixture), folder / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(fixture / "config.json", folder)
+    shutil.copy(GLM4_TOKENIZER, folder)
+    return folder
+
+
+def convert_to_sat(hf_folder: Path, sat_folder: Path, timeout: float | None = None) -> Path:
+    """A SAT checkpoint converted from an HF folder by the converter's command line, as users convert; it carries
+    the folder's tokenizer."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "utils/convert_hf_checkpoint.py", "--hf", str(hf_folder), "--sat",
+                             str(sat_folder)], cwd=FIXTURES.parent.parent, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return sat_folder
 
 
 def content_sha256(fixture: Path, weights: dict[str, torch.Tensor]) -> str:

@@ -1,11 +1,13 @@
 """basic_demo/agent_demo.py: the agent loop (query with history, parse, draw, execute, clear) with a scripted chat
-model, the drawing of a step, and the whole script on the embedded captcha model (which is no agent: its answers
-must be reported as unparsed)."""
+model, the drawing of a step, the whole script on the embedded captcha model (which is no agent: its answers must be
+reported as unparsed), and on the tiny CogAgent-9B: the fixture's agent query sent byte for byte, its published
+answer reported."""
 import io
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import HANG_TIMEOUT, one_line_error
 from PIL import Image
 
@@ -170,3 +172,103 @@ def test_a_missing_checkpoint_is_one_line_before_loading(tmp_path):
     result = run_script("--from_pretrained", str(tmp_path / "nothing"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith(f"Error: checkpoint '{tmp_path / 'nothing'}' not found")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On CogAgent-9B: the tiny cogagent9b fixture (its HF folder converted as users convert), whose answers are
+# published greedy text (tests/fixtures/cogagent9b-tiny/cases.pt) but no agent steps.
+
+# The two steps of the fixture's agent case ("agent_query"), as the model would answer them: with them in the
+# history, the next query must be the fixture's, byte for byte.
+FIXTURE_STEPS = (
+    "Action: Click the Name text field in the middle of the window.\n"
+    "Grounded Operation: CLICK(box=[[250,550,937,683]], element_info='Name')\n<<一般操作>>",
+    "Action: Type 'Ada Lovelace' into the Name field.\n"
+    "Grounded Operation: TYPE(box=[[250,550,937,683]], text='Ada Lovelace', element_info='Name')\n<<一般操作>>",
+)
+AGENT_NEW_TOKENS = 8        # greedy tokens the fixture case generated
+
+
+@pytest.fixture(scope="module")
+def cogagent9b(tmp_path_factory):
+    from glm4v_reference import COGAGENT9B_TINY, convert_to_sat, write_hf_folder
+
+    hf = write_hf_folder(COGAGENT9B_TINY, tmp_path_factory.mktemp("hf-cogagent9b"))
+    return convert_to_sat(hf, tmp_path_factory.mktemp("sat-cogagent9b") / "checkpoint", HANG_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def agent_case():
+    import torch
+    from glm4v_reference import COGAGENT9B_TINY, GLM4_TOKENIZER
+
+    from cogvlm.utils.preprocessing.glm4_tokenizer import GLM4Tokenizer
+
+    case = torch.load(COGAGENT9B_TINY / "cases.pt", weights_only=False)["cases"]["agent_query"]
+    ids = case["generation"]["new_token_ids"][0][:AGENT_NEW_TOKENS].tolist()
+    answer = GLM4Tokenizer.from_path(GLM4_TOKENIZER).decode(ids, skip_special_tokens=True).strip()
+    return {"query": case["conversation"][0]["content"], "answer": answer,
+            "max_length": case["expanded_length"] + AGENT_NEW_TOKENS,
+            "image": COGAGENT9B_TINY / "image.png"}
+
+
+def test_the_issue_spells_the_format_out():
+    from cogvlm.basic_demo.agent_demo import parse_args
+    from cogvlm.utils.agent.protocol import parse_format
+
+    assert parse_args(["--format", "action_operation_sensitive"]).format_key == "action_op_sensitive"
+    assert parse_args(["--format_key", "status_plan_action_op"]).format_key == "status_plan_action_op"
+    assert parse_format("status_action_operation") is AnswerFormat.STATUS_ACTION_OP
+
+
+def test_on_cogagent_9b_the_query_is_the_fixtures_and_the_answer_the_published_one(
+        cogagent9b, agent_case, tmp_path, monkeypatch, capsys):
+    """Three rounds of one task through the script's loop on the real tiny CogAgent-9B: the first two answers are
+    scripted agent steps (the tiny model's own are random text), the third is the model's. Its query, built from
+    the history of the first two, is the fixture's agent query byte for byte, and its answer the published greedy
+    answer, reported as unparsed and kept out of the history; "clear" forgets the task."""
+    from cogvlm.basic_demo import agent_demo
+    from cogvlm.utils.inference.chat import ChatModel
+
+    sent, scripted, real_answer = [], list(FIXTURE_STEPS), ChatModel.answer
+
+    def answer(self, query, history, image, sampling):
+        sent.append(query)
+        return scripted.pop(0) if scripted else real_answer(self, query, history, image, sampling)
+
+    monkeypatch.setattr(ChatModel, "answer", answer)
+    shot = agent_case["image"]
+    stdin = f"{shot}\nSign in as Ada Lovelace\n{shot}\n\n{shot}\n\nclear\n{shot}\n\nstop\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = agent_demo.main(["--from_pretrained", str(cogagent9b), "--platform", "WIN", "--format",
+                            "action_operation_sensitive", "--output_image_path", str(tmp_path / "out"),
+                            "--max_length", str(agent_case["max_length"])])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert sent[0] == ("Task: Sign in as Ada Lovelace\nHistory steps: \n(Platform: WIN)\n"
+                       "(Answer in Action-Operation-Sensitive format.)")
+    assert len(sent) == 3 and sent[2] == agent_case["query"]
+    assert f"Round 3 query:\n{agent_case['query']}\nModel: {agent_case['answer']}\nUnparsed answer: " in out
+    assert [line for line in out.splitlines() if line.startswith("History: ")] == [
+        "History: 1 step(s)", "History: 2 step(s)", "History: 2 step(s)"]
+    # the two parsed steps are drawn on the screenshot ({name}_{round}.png), the unparsed one is not
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["image_1.png", "image_2.png"]
+    with Image.open(tmp_path / "out" / "image_1.png") as drawn, Image.open(shot) as original:
+        assert drawn.size == original.size and drawn.convert("RGB").tobytes() != original.convert("RGB").tobytes()
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert errors == ["Error: no task yet: type what the agent should do"]          # after "clear"
+    assert "Traceback" not in err
+
+
+def test_the_issue_command_line_on_cogagent_9b(cogagent9b, agent_case, tmp_path):
+    """The command of issue 13 as a user runs it, on the tiny CogAgent-9B: its random answer is reported as
+    unparsed, cleanly."""
+    result = run_script("--from_pretrained", str(cogagent9b), "--platform", "WIN", "--format",
+                        "action_operation_sensitive", "--output_image_path", str(tmp_path / "out"),
+                        "--max_length", str(agent_case["max_length"]),
+                        stdin=f"{agent_case['image']}\nSign in as Ada Lovelace\nstop\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Error: " not in result.stderr
+    assert ("Round 1 query:\nTask: Sign in as Ada Lovelace\nHistory steps: \n(Platform: WIN)\n"
+            "(Answer in Action-Operation-Sensitive format.)\nModel: ") in result.stdout
+    assert "Unparsed answer: " in result.stdout and "History: 0 step(s)" in result.stdout

@@ -545,6 +545,22 @@ def test_image_and_query_go_together(cli, capsys, argv):
     assert "--image and --query go together" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fixture", ["cogvlm-tiny", "cogagent-tiny"])
+def test_cogvlm_and_cogagent_18b_still_need_an_image(cli, run, capsys, fixture):
+    """As in the published demo, CogVLM and CogAgent-18B chat about an image: --query alone is a usage error and
+    an empty image line an error (the 9B models chat without one: test_cli_glm4.py)."""
+    folder = REPO_ROOT / "tests" / "fixtures" / fixture
+    args = ["--from_pretrained", folder / "checkpoint", "--local_tokenizer", folder / "tokenizer.model"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(arg) for arg in [*args, "--query", "Hi"]])
+    assert exit_.value.code == 2
+    assert "--image and --query go together" in capsys.readouterr().err
+    code, out, err = run(args, stdin="\nstop\n")
+    assert code == 0
+    assert errors(err) == ["no image path or URL given"]
+    assert out.count("Please enter the image path or URL: ") == 2 and "plain text" not in out
+
+
 def test_chinese_interface(run, tmp_path):
     name = "chat_old_count"
     code, out, err = run([*FIXTURE_ARGS, "--chinese", "--max_length", max_length(name)],

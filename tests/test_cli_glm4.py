@@ -8,40 +8,27 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from conftest import HANG_TIMEOUT
-from glm4v_reference import COGAGENT9B_TINY, GLM4V_TINY, regenerate_hf_weights
+from glm4v_reference import (COGAGENT9B_TINY, GLM4_TOKENIZER, GLM4V_TINY, convert_to_sat, regenerate_hf_weights,
+                             write_hf_folder)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = GLM4V_TINY / "image.png"
-TOKENIZER = REPO_ROOT / "tests" / "fixtures" / "glm4-tokenizer" / "tokenizer.model"
 NEW_TOKENS = 8          # greedy tokens each fixture case generated
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """{fixture folder name: SAT checkpoint}, each converted from its HF folder by the converter's command line."""
-    converted = {}
-    for fixture in (GLM4V_TINY, COGAGENT9B_TINY):
-        hf = tmp_path_factory.mktemp(f"hf-{fixture.name}")
-        save_file(regenerate_hf_weights(fixture), hf / "model.safetensors", metadata={"format": "pt"})
-        shutil.copy(fixture / "config.json", hf)
-        shutil.copy(TOKENIZER, hf)                  # copied along: the checkpoint carries its tokenizer
-        sat = tmp_path_factory.mktemp(f"sat-{fixture.name}") / "checkpoint"
-        result = subprocess.run([sys.executable, "utils/convert_hf_checkpoint.py", "--hf", str(hf), "--sat",
-                                 str(sat)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT)
-        assert result.returncode == 0, result.stderr[-2000:]
-        converted[fixture.name] = sat
-    return converted
+    return {fixture.name: convert_to_sat(write_hf_folder(fixture, tmp_path_factory.mktemp(f"hf-{fixture.name}")),
+                                         tmp_path_factory.mktemp(f"sat-{fixture.name}") / "checkpoint", HANG_TIMEOUT)
+            for fixture in (GLM4V_TINY, COGAGENT9B_TINY)}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +71,7 @@ def published_answer(case, row: int = 0, tokens: int = NEW_TOKENS) -> str:
     from cogvlm.utils.preprocessing.glm4_tokenizer import GLM4Tokenizer
 
     ids = case["generation"]["new_token_ids"][row][:tokens].tolist()
-    return GLM4Tokenizer.from_path(TOKENIZER).decode(ids, skip_special_tokens=True).strip()
+    return GLM4Tokenizer.from_path(GLM4_TOKENIZER).decode(ids, skip_special_tokens=True).strip()
 
 
 def greedy(max_length: int):
@@ -124,6 +111,34 @@ def test_a_piped_session_answers_and_streams(run, checkpoints, cases):
         assert code == 0, err
         assert f"Model: {published_answer(case)}\n" in out
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("fixture", ["glm4v-tiny", "cogagent9b-tiny"])
+def test_one_shot_without_an_image_is_the_published_text_only_answer(run, checkpoints, cases, fixture, tmp_path):
+    """--query without --image: the 9B models answer text-only; the checkpoint is also found by name under
+    $SAT_HOME (the run fixture's), as users name the published ones, before anything heavy is loaded."""
+    case = cases[fixture]["text_only"]
+    query = case["conversation"][0]["content"]
+    (tmp_path / "sat_home").mkdir()
+    (tmp_path / "sat_home" / "my-9b").symlink_to(checkpoints[fixture])
+    for checkpoint in (checkpoints[fixture], "my-9b"):
+        code, out, err = run(["--from_pretrained", checkpoint, "--query", query,
+                              "--max_length", case["expanded_length"] + NEW_TOKENS])
+        assert code == 0, err
+        assert out == published_answer(case) + "\n"
+
+
+def test_an_empty_image_line_starts_a_text_only_chat(run, checkpoints, cases):
+    case = cases["cogagent9b-tiny"]["text_only"]
+    query = case["conversation"][0]["content"]
+    for extra in ([], ["--stream_chat"]):
+        code, out, err = run(["--from_pretrained", checkpoints["cogagent9b-tiny"], "--max_length",
+                              case["expanded_length"] + NEW_TOKENS, *extra], f"\n{query}\nclear\nstop\n")
+        assert code == 0, err
+        assert f"Model: {published_answer(case)}\n" in out
+        # the prompt offers the text-only chat; "clear" goes back to it
+        assert out.count("Please enter the image path or URL (press Enter for plain text chat): ") == 2
+        assert "Error" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fixture", ["glm4v-tiny", "cogagent9b-tiny"])

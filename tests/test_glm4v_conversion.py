@@ -81,7 +81,8 @@ def test_the_expected_hf_tensors_are_those_of_keys_txt(fixture):
 def test_hf_to_sat_writes_the_names_and_shapes_of_sats_official_glm4v_model(tmp_path):
     write_hf_folder(tmp_path / "hf")
     convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")
-    official = json.loads((FIXTURES / "glm4v-tiny" / "sat_keys.json").read_text())["keys"]
+    lines = (FIXTURES / "glm4v-tiny" / "sat_keys.txt").read_text().splitlines()
+    official = {name: json.loads(shape) for name, shape in (line.split("\t") for line in lines)}
     expected = {name: [SMALL_VOCAB if size == PUBLISHED_VOCAB else size for size in shape]
                 for name, shape in official.items()}
     state_dict = read_state_dict(states_file(tmp_path / "sat"))
@@ -206,3 +207,27 @@ def test_loading_an_hf_folder_directly_names_the_conversion_command(tmp_path):
     write_hf_folder(tmp_path / "glm-4v-9b")
     one_line_error(CheckpointError, lambda: load_model(tmp_path / "glm-4v-9b"),
                    "python utils/convert_hf_checkpoint.py --hf", str(tmp_path / "glm-4v-9b"))
+
+
+def test_a_runtime_only_config_field_is_kept_not_refused(tmp_path):
+    """Fields only the published runtime reads (version, dropout, kernels) are not the model's structure: a folder
+    saved by another transformers version converts, and its config.json comes back with its own values."""
+    write_hf_folder(tmp_path / "hf")
+    changed = {"transformers_version": "4.47.0", "attn_implementation": "eager", "use_cache": False}
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **changed}))
+    convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")
+    convert("--hf", tmp_path / "back", "--sat", tmp_path / "sat", "--to-hf")
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert {key: back[key] for key in changed} == changed
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+def test_the_model_reads_from_model_config_json_the_configuration_config_json_describes(tmp_path, fixture):
+    from cogvlm.models.config import GLM4VConfig
+
+    write_hf_folder(tmp_path / "hf", fixture)
+    convert("--hf", tmp_path / "hf", "--sat", tmp_path / "sat")
+    model_config = json.loads((tmp_path / "sat" / "model_config.json").read_text())
+    assert GLM4VConfig.from_model_config(model_config) == GLM4VConfig.from_hf_config(hf_config(fixture))
+    assert model_config["tokenizer_type"] == "glm4"

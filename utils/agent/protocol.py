@@ -130,12 +130,18 @@ def parse_platform(value: Platform | str) -> Platform:
                          f"{', '.join(p.value for p in Platform)}") from None
 
 
+def format_key(value: str) -> str:
+    """The published format key (cli_demo --format_key) of `value`, which may also spell "op" out as "operation",
+    as issue 13's command line does ("action_operation_sensitive" -> "action_op_sensitive")."""
+    return "_".join("op" if part == "operation" else part for part in value.split("_"))
+
+
 def parse_format(value: AnswerFormat | str) -> AnswerFormat:
-    """An AnswerFormat from itself or its format key ("action_op_sensitive", ...)."""
+    """An AnswerFormat from itself or its format key ("action_op_sensitive", or spelled out: see format_key)."""
     if isinstance(value, AnswerFormat):
         return value
     try:
-        return AnswerFormat(value)
+        return AnswerFormat(format_key(value))
     except ValueError:
         raise ValueError(f"unknown answer format {value!r}: choose one of "
                          f"{', '.join(f.value for f in AnswerFormat)}") from None

@@ -31,8 +31,8 @@ import requests
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-SAT_HOME_ENV = "SAT_HOME"
-DEFAULT_SAT_HOME = "~/.sat_models"
+from cogvlm.utils.checkpoint_io.sat_home import DEFAULT_SAT_HOME, SAT_HOME_ENV, sat_home  # noqa: F401
+
 MIRROR_ENV = "COGVLM_MIRROR"  # a base URL serving {mirror}/{name}.zip
 
 R2_SCHEME = "r2://"
@@ -81,10 +81,6 @@ class DownloadError(ValueError):
 
 class _Transient(Exception):
     """A failure worth retrying: a short body, or a 429/5xx answer."""
-
-
-def sat_home() -> Path:
-    return Path(os.environ.get(SAT_HOME_ENV) or DEFAULT_SAT_HOME).expanduser()
 
 
 def checkpoint_not_found(name_or_path: str | os.PathLike) -> str | None:

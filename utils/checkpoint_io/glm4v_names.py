@@ -1,7 +1,8 @@
 """Hugging Face (THUDM/glm-4v-9b, THUDM/cogagent-9b-20241220) <-> published SAT (SAT 0.4.12's GLM4VModel) names.
 
-The tables are data; `hf_to_sat` / `sat_to_hf` apply them to state dicts (the converter,
-utils/convert_hf_checkpoint.py, adds files, configs and shape checks around them). Placeholders: {i} a decoder layer, {v} an EVA2-CLIP-E layer.
+The tables are data; `hf_to_sat` / `sat_to_hf` apply them to state dicts, strictly, and `renamed_to_sat` /
+`renamed_to_hf` do the renaming alone (the converter, utils/convert_hf_checkpoint.py, adds files, configs and
+shape checks around them). Placeholders: {i} a decoder layer, {v} an EVA2-CLIP-E layer.
 
 Every tensor keeps its values and layout but one: HF's fused SwiGLU input projection `mlp.dense_h_to_4h` holds
 [gate | up] rows (`silu(x0) * x1` over its two halves); SAT holds the gate as the layer's `mlp.dense_h_to_4h` and
@@ -93,7 +94,7 @@ def _check(state_dict: dict, expected: set[str], side: str) -> None:
                              f"unexpected {unexpected[:5]}")
 
 
-def _with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -> dict[str, torch.Tensor]:
+def with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -> dict[str, torch.Tensor]:
     """The rotary `inv_freq` buffer is derived data, which no forward reads: when a folder lacks it, it is computed
     from the config (as the published code registers it), in the dtype of the other tensors."""
     if key in state_dict:
@@ -105,27 +106,39 @@ def _with_rotary_buffer(state_dict: dict[str, torch.Tensor], key: str, config) -
     return {**state_dict, key: inv_freq.to(dtype)}
 
 
+def renamed_to_sat(hf: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """HF names -> SAT names by the table, consuming `hf` (the converter's 9B tensors): each fused SwiGLU projection is
+    split into its SAT row blocks (copies: torch.save would store a view's whole storage) and released at once, so
+    a 9B conversion holds one layer's projection twice, not all 40 (9 GB in bf16)."""
+    for hf_key, blocks in split_keys(num_layers):
+        for sat_key, rows in zip(blocks, hf.pop(hf_key).chunk(len(blocks), dim=0)):
+            hf[sat_key] = rows.clone()
+    renamed = {sat: hf.pop(hf_key) for sat, hf_key in key_pairs(num_layers, num_vision_layers)}
+    return {**renamed, **hf}            # the split blocks, already under SAT names
+
+
+def renamed_to_hf(sat: dict[str, torch.Tensor], num_layers: int, num_vision_layers: int) -> dict[str, torch.Tensor]:
+    """SAT names -> HF names by the table; the SAT row blocks fused back into HF's projection."""
+    hf = {hf_key: sat[sat_key] for sat_key, hf_key in key_pairs(num_layers, num_vision_layers)}
+    for hf_key, blocks in split_keys(num_layers):
+        hf[hf_key] = torch.cat([sat[key] for key in blocks], dim=0)
+    return hf
+
+
 def hf_to_sat(hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """An HF state dict in published SAT names for a GLM4VConfig (strict: every key is used, none is missing but
-    the rotary buffer)."""
+    the rotary buffer). `hf` itself is left as it is."""
     num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
-    pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
-    hf = _with_rotary_buffer(hf, HF_ROTARY_BUFFER, config)
-    _check(hf, {h for _, h in pairs} | {h for h, _ in splits}, "the Hugging Face")
-    sat = {s: hf[h] for s, h in pairs}
-    for h, blocks in splits:
-        for key, rows in zip(blocks, hf[h].chunk(len(blocks), dim=0)):
-            sat[key] = rows.clone()      # its own storage: a saved view would hold the whole tensor
-    return sat
+    hf = with_rotary_buffer(dict(hf), HF_ROTARY_BUFFER, config)     # a copy: renamed_to_sat consumes it
+    _check(hf, {h for _, h in key_pairs(num_layers, num_vision_layers)} | {h for h, _ in split_keys(num_layers)},
+           "the Hugging Face")
+    return renamed_to_sat(hf, num_layers, num_vision_layers)
 
 
 def sat_to_hf(sat: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A published SAT state dict in HF names for a GLM4VConfig (strict, as hf_to_sat)."""
     num_layers, num_vision_layers = config.language.num_layers, config.vision.num_layers
-    pairs, splits = key_pairs(num_layers, num_vision_layers), split_keys(num_layers)
-    sat = _with_rotary_buffer(sat, SAT_ROTARY_BUFFER, config)
-    _check(sat, {s for s, _ in pairs} | {k for _, blocks in splits for k in blocks}, "the SAT")
-    hf = {h: sat[s] for s, h in pairs}
-    for h, blocks in splits:
-        hf[h] = torch.cat([sat[key] for key in blocks], dim=0)
-    return hf
+    sat = with_rotary_buffer(sat, SAT_ROTARY_BUFFER, config)
+    _check(sat, {s for s, _ in key_pairs(num_layers, num_vision_layers)}
+           | {k for _, blocks in split_keys(num_layers) for k in blocks}, "the SAT")
+    return renamed_to_hf(sat, num_layers, num_vision_layers)

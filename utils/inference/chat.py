@@ -183,6 +183,11 @@ class ChatModel:
     def version(self) -> str:
         return self.processor.version
 
+    @property
+    def answers_without_image(self) -> bool:
+        """Whether a chat may go without an image (GLM-4V-9B, CogAgent-9B; not CogVLM, CogAgent-18B)."""
+        return self.processor.answers_without_image
+
     def prepare_image(self, source: str) -> ImageInputs:
         """Load (path or URL) and preprocess an image once; raises ImageLoadError with a one-line message."""
         return self.preprocess(load_image(source))

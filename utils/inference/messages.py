@@ -14,6 +14,9 @@ MESSAGES = {
               "Ctrl-C 停止当前回答，在输入提示处按 Ctrl-C 退出",
     },
     "image_prompt": {"en": "Please enter the image path or URL: ", "zh": "请输入图像路径或URL： "},
+    # for a model that also chats without an image (GLM-4V-9B, CogAgent-9B)
+    "image_prompt_optional": {"en": "Please enter the image path or URL (press Enter for plain text chat): ",
+                              "zh": "请输入图像路径或URL（直接回车进行纯文本对话）： "},
     "user_prompt": {"en": "User: ", "zh": "用户："},
     "model_prefix": {"en": "Model: ", "zh": "模型："},
     "error_prefix": {"en": "Error: ", "zh": "错误："},

@@ -31,6 +31,10 @@ ToModelInputs = Callable[[GLM4Prompt, "ImageInputs | None"], ModelInputs]
 
 
 class GLM4Processor:
+    # GLM-4V-9B's template has a text-only form (the message without the image placeholders, GLM-4-9B's own chat),
+    # which the published remote code builds for a message without an image: the 9B models chat text-only too.
+    answers_without_image = True
+
     def __init__(self, tokenizer: GLM4Tokenizer, image: ImageProcessor, to_model_inputs: ToModelInputs):
         self.tokenizer, self.image, self.to_model_inputs = tokenizer, image, to_model_inputs
 

@@ -17,6 +17,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .tokenizer import TOKENIZER_FILENAME, TokenIdError, TokenizerNotFoundError
+# Which checkpoints are of the GLM-4 family is the configs' knowledge (importable before anything heavy, for a
+# command line's argument checks); re-exported here, beside the tokenizer it selects.
+from cogvlm.models.config import GLM4_MODEL_CLASSES, is_glm4_checkpoint  # noqa: F401
+from cogvlm.models.config import GLM4_TOKENIZER_TYPE as TOKENIZER_TYPE  # noqa: F401
 
 # The pre-tokenisation regex of the published tokenizer (`regex` syntax, as tiktoken's pat_str).
 PAT_STR = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -28,9 +32,6 @@ SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eo
 EOS_TOKEN = "<|endoftext|>"             # also the pad token, and the middle image placeholder
 # config.eos_token_id of glm-4v-9b: the end of text, and the start of a user or tool turn (the model's turn is over).
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
-# model_config.json's tokenizer_type of a 9B checkpoint (utils/checkpoint_io/glm4v_conversion.py writes it).
-TOKENIZER_TYPE = "glm4"
-GLM4_MODEL_CLASSES = ("GLM4VModel",)
 # Where a suitable tokenizer can be found, for error messages.
 TOKENIZER_SOURCE_HINT = "THUDM/glm-4v-9b or THUDM/cogagent-9b-20241220"
 
@@ -39,11 +40,6 @@ def _not_found(path: Path, reason: str) -> TokenizerNotFoundError:
     return TokenizerNotFoundError(
         f"{reason}: '{path}'. The GLM-4 tiktoken '{TOKENIZER_FILENAME}' (from {TOKENIZER_SOURCE_HINT}) is needed; "
         f"pass the file or the folder holding it with --local_tokenizer PATH.")
-
-
-def is_glm4_checkpoint(model_config: dict) -> bool:
-    """Whether a checkpoint's model_config.json is of the GLM-4 family (its tokenizer and chat template)."""
-    return model_config.get("tokenizer_type") == TOKENIZER_TYPE or model_config.get("model_class") in GLM4_MODEL_CLASSES
 
 
 def read_ranks(model_file: Path) -> dict[bytes, int]:

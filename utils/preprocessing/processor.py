@@ -22,6 +22,10 @@ from .tokenizer import LlamaTokenizer
 
 
 class Processor:
+    # CogVLM and CogAgent-18B were trained with an image in every conversation, and their published CLI asks for
+    # one; their text-only prompt serves the language-model paths (the API's image-less messages, fine-tuning).
+    answers_without_image = False
+
     def __init__(self, text: TextProcessor, image: ImageProcessor, cross_image: ImageProcessor | None = None):
         self.text, self.image, self.cross_image = text, image, cross_image
 
