@@ -274,3 +274,21 @@ def test_lora_script_then_merge_model_then_the_cli(tiny, tmp_path):
                  TOKENIZER, "--image", red, "--query", "Task: Press OK", "--max_length", "100")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() and "Error" not in result.stderr
+
+
+def test_a_missing_agent_data_file_ends_the_run_in_one_line(tmp_path):
+    from argparse import Namespace
+
+    from cogvlm.utils.training.finetune import read_data_folders
+
+    args = Namespace(data_format="agent", train_data=[str(tmp_path / "train.jsonl")], valid_data=None,
+                     test_data=None)
+    message = one_line_error(SystemExit, lambda: read_data_folders(args, ""), "Error: --train-data: no .jsonl file")
+    assert "CogAgent-9B conversations" in message
+
+
+def test_row_parallel_lora_targets_are_refused_under_model_parallelism(tiny, monkeypatch):
+    monkeypatch.setattr("cogvlm.utils.parallel.model_parallel.rank_and_size", lambda: (0, 2))
+    one_line_error(ValueError, lambda: lora_model(tiny, targets=("query_key_value", "dense_4h_to_h")),
+                   "LoRA on dense_4h_to_h (row-parallel) is not exact under model parallelism")
+    assert lora_names(lora_model(tiny, targets=("query_key_value", "up_proj")))     # column-parallel: fine

@@ -328,7 +328,10 @@ def add_lora(model, config, args) -> None:
 
     settings = lora_settings(args, config)
     if settings is not None:
-        model.add_mixin("lora", TargetedLora(settings), reinit=True)
+        try:
+            model.add_mixin("lora", TargetedLora(settings), reinit=True)
+        except ValueError as problem:                   # targets this model-parallel run cannot adapt exactly
+            raise SystemExit(f"Error: {problem}") from None
         args.lora_alpha, args.lora_targets = settings.alpha, list(settings.targets)     # model_config.json
         return
     alpha = 1.0 if args.lora_alpha is None else args.lora_alpha

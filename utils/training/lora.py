@@ -36,6 +36,9 @@ LANGUAGE_TARGETS: dict[str, Locator] = {
     "dense_4h_to_h": lambda model, i: (model.transformer.layers[i].mlp, "dense_4h_to_h"),
 }
 PUBLISHED_TARGETS = ("query_key_value",)          # finetune/configs/lora.yaml of THUDM/CogAgent
+# Row-parallel linears: SAT 0.4.12's LoraLinear adds x_rank @ A_rank.T @ B.T without summing it over the ranks, so
+# under model parallelism their update would be wrong; they are refused there (column-parallel targets are exact).
+ROW_PARALLEL_TARGETS = ("dense", "dense_4h_to_h")
 VISION_TARGETS = ("query_key_value",)             # the EVA2-CLIP-E layers' attention, with --lora_vision
 
 
@@ -92,6 +95,12 @@ class TargetedLora(BaseMixin):
         self.settings = settings
 
     def reinit(self, parent_model=None):
+        from cogvlm.utils.parallel.model_parallel import rank_and_size
+
+        row_parallel = sorted(set(self.settings.targets) & set(ROW_PARALLEL_TARGETS))
+        if row_parallel and rank_and_size()[1] > 1:
+            raise ValueError(f"LoRA on {', '.join(row_parallel)} (row-parallel) is not exact under model "
+                             f"parallelism in SAT's lora2; train with --model-parallel-size 1 or other targets")
         for name in self.settings.targets:
             for layer in range(len(parent_model.transformer.layers)):
                 _wrap(*LANGUAGE_TARGETS[name](parent_model, layer), self.settings)
