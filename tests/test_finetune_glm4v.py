@@ -292,3 +292,29 @@ def test_row_parallel_lora_targets_are_refused_under_model_parallelism(tiny, mon
     one_line_error(ValueError, lambda: lora_model(tiny, targets=("query_key_value", "dense_4h_to_h")),
                    "LoRA on dense_4h_to_h (row-parallel) is not exact under model parallelism")
     assert lora_names(lora_model(tiny, targets=("query_key_value", "up_proj")))     # column-parallel: fine
+
+
+@pytest.mark.slow
+def test_lora_under_two_model_parallel_processes_equals_one_process(tiny, tmp_path):
+    """Column-parallel LoRA targets (grouped-query QKV included) at mp=2: each rank's shard of the LoRA weights gives
+    the mp=1 logits, before and after each rank merges its own shard."""
+    from cogvlm.utils.checkpoint_io.loading import published_state_dict, save_model
+    from conftest import run_under_torchrun
+    from glm4v_lora_parallel_worker import COLUMN_PARALLEL_TARGETS, lora_inputs
+
+    checkpoint = save_model(tiny[0], tmp_path / "tiny")
+    model = lora_model(tiny, rank=4, alpha=8.0, dropout=0.0, targets=COLUMN_PARALLEL_TARGETS).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".matrix_B." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        expected = model.forward_inputs(lora_inputs(tiny[1]))[0]
+    torch.save(published_state_dict(model), tmp_path / "lora.pt")
+    run_under_torchrun(Path(__file__).parent / "glm4v_lora_parallel_worker.py", "--checkpoint", checkpoint,
+                       "--lora", tmp_path / "lora.pt", "--out", tmp_path / "results.pt")
+    results = torch.load(tmp_path / "results.pt", weights_only=False)
+    assert results["qkv_rows"] == 64                             # really split: half of (4 + 2 + 2) x 16 rows
+    assert not torch.allclose(expected, tiny[0].forward_inputs(lora_inputs(tiny[1]))[0], atol=1e-3)
+    torch.testing.assert_close(results["with_lora"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results["merged"], expected, atol=1e-5, rtol=1e-5)
