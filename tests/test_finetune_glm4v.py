@@ -318,3 +318,26 @@ def test_lora_under_two_model_parallel_processes_equals_one_process(tiny, tmp_pa
     assert not torch.allclose(expected, tiny[0].forward_inputs(lora_inputs(tiny[1]))[0], atol=1e-3)
     torch.testing.assert_close(results["with_lora"], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results["merged"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_9b_lora_options_are_refused_for_cogvlm_in_one_line():
+    from argparse import Namespace
+
+    from cogvlm.models.config import CAPTCHA_TINY_CONFIG
+    from cogvlm.utils.training.finetune import lora_settings
+
+    args = Namespace(lora_rank=8, lora_alpha=32.0, lora_dropout=None, lora_targets=None, lora_vision=True)
+    one_line_error(SystemExit, lambda: lora_settings(args, CAPTCHA_TINY_CONFIG),
+                   "Error: --lora_alpha, --lora_vision apply to the 9B models")
+    assert lora_settings(Namespace(**{**vars(args), "lora_alpha": None, "lora_vision": False}),
+                         CAPTCHA_TINY_CONFIG) is None
+
+
+def test_the_9b_lora_defaults_are_the_published_ones(tiny):
+    from argparse import Namespace
+
+    from cogvlm.utils.training.finetune import lora_settings
+    from cogvlm.utils.training.lora import LoraSettings
+
+    args = Namespace(lora_rank=8, lora_alpha=None, lora_dropout=None, lora_targets=None, lora_vision=False)
+    assert lora_settings(args, tiny[1]) == LoraSettings(8, 32.0, 0.1, ("query_key_value",), False)

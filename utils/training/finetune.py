@@ -224,9 +224,8 @@ def parse_args(argv):
     parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5")
     parser.add_argument("--lora_rank", type=int, default=10)
     parser.add_argument("--lora_alpha", type=float, default=None,
-                        help="LoRA scaling alpha / rank (default: 1 for CogVLM / CogAgent as published, 32 for the "
-                             "9B models as THUDM/CogAgent's lora.yaml)")
-    parser.add_argument("--lora_dropout", type=float, default=None, help="default: 0, or 0.1 for the 9B models")
+                        help="9B models: LoRA scaling alpha / rank (default 32, as THUDM/CogAgent's lora.yaml)")
+    parser.add_argument("--lora_dropout", type=float, default=None, help="9B models: default 0.1, as published")
     parser.add_argument("--lora_targets", nargs="+", default=None,
                         help="9B models: the language model's linears LoRA adapts (default: query_key_value, as "
                              "published; also dense, dense_h_to_4h, up_proj, dense_4h_to_h)")
@@ -306,12 +305,20 @@ def is_glm4v(config) -> bool:
     return isinstance(config, GLM4VConfig)
 
 
+NINE_B_LORA_FLAGS = (("--lora_alpha", "lora_alpha"), ("--lora_dropout", "lora_dropout"),
+                     ("--lora_targets", "lora_targets"), ("--lora_vision", "lora_vision"))
+
+
 def lora_settings(args, config):
     """The LoRA of a run: the 9B models' targets are configuration (published defaults: lora.yaml of
-    THUDM/CogAgent); CogVLM / CogAgent keep SAT's LoraMixin (attention of every layer, alpha 1) as published."""
+    THUDM/CogAgent); CogVLM / CogAgent keep SAT's LoraMixin (attention of every layer, alpha 1) as published, whose
+    checkpoints merge_model.py folds with alpha 1, so the 9B options are refused for them."""
     from cogvlm.utils.training.lora import PUBLISHED_TARGETS, LoraSettings
 
     if not is_glm4v(config):
+        given = [flag for flag, name in NINE_B_LORA_FLAGS if getattr(args, name) not in (None, False)]
+        if given:
+            raise SystemExit(f"Error: {', '.join(given)} apply to the 9B models (GLM-4V-9B, CogAgent-9B) only")
         return None
     try:
         return LoraSettings(args.lora_rank, 32.0 if args.lora_alpha is None else args.lora_alpha,
@@ -334,12 +341,9 @@ def add_lora(model, config, args) -> None:
             raise SystemExit(f"Error: {problem}") from None
         args.lora_alpha, args.lora_targets = settings.alpha, list(settings.targets)     # model_config.json
         return
-    alpha = 1.0 if args.lora_alpha is None else args.lora_alpha
-    dropout = args.lora_dropout or 0.0
-    model.add_mixin("lora", LoraMixin(config.language.num_layers, args.lora_rank, alpha, dropout), reinit=True)
+    model.add_mixin("lora", LoraMixin(config.language.num_layers, args.lora_rank), reinit=True)
     model.get_mixin("image").encoder.add_mixin(
-        "lora", LoraMixin(config.vision.num_layers, args.lora_rank, alpha, dropout, layer_range=args.layer_range),
-        reinit=True)
+        "lora", LoraMixin(config.vision.num_layers, args.lora_rank, layer_range=args.layer_range), reinit=True)
 
 
 def merge_lora(model) -> None:
