@@ -1,11 +1,12 @@
 """Merge a checkpoint into one model-parallel-1 checkpoint in the published layout, folding LoRA in.
 
-    python utils/merge_model.py --from_pretrained IN --save OUT [--lora_alpha 1]
+    python utils/merge_model.py --from_pretrained IN --save OUT [--lora_alpha ALPHA]
 
 IN may be saved at any model-parallel size (mp_rank_00 ... mp_rank_NN), with or without SAT lora2 weights on the
 language model and on the EVA2-CLIP-E encoder (`<linear>.original.weight`, `matrix_A.i`, `matrix_B.i`). Each LoRA
-linear becomes `W + concat_i(B_i @ A_i) * lora_alpha / r` (the published finetune uses lora_alpha 1). CogVLM and
-CogAgent alike. One process and no GPU are enough; started under torchrun, as the published script had to be,
+linear becomes `W + concat_i(B_i @ A_i) * lora_alpha / r`: the alpha the run recorded in model_config.json (the
+9B fine-tuning records it), else 1 as the published CogVLM finetune uses. CogVLM, CogAgent and the 9B models
+alike. One process and no GPU are enough; started under torchrun, as the published script had to be,
 rank 0 does the work and the other ranks wait for it.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 LORA_MATRICES = (".matrix_A.", ".matrix_B.")
 ORIGINAL = ".original."
 # Training options the published finetune scripts store in model_config.json; meaningless once LoRA is merged.
-FINETUNE_KEYS = ("use_lora", "use_qlora", "lora_rank", "layer_range", "use_ptuning", "pre_seq_len")
+FINETUNE_KEYS = ("use_lora", "use_qlora", "lora_rank", "layer_range", "use_ptuning", "pre_seq_len", "lora_alpha",
+                 "lora_targets", "lora_vision")
+DEFAULT_LORA_ALPHA = 1.0           # SAT's LoraMixin default, which the published CogVLM finetune keeps
 
 
 def fold_lora(state_dict: dict, lora_alpha: float = 1.0) -> dict:
@@ -45,7 +48,8 @@ def fold_lora(state_dict: dict, lora_alpha: float = 1.0) -> dict:
     return folded
 
 
-def merge_checkpoint(source, target, lora_alpha: float = 1.0) -> Path:
+def merge_checkpoint(source, target, lora_alpha: float | None = None) -> Path:
+    """`lora_alpha` None: the checkpoint's recorded lora_alpha, else DEFAULT_LORA_ALPHA."""
     from cogvlm.utils.checkpoint_io import loading as ckpt
     from cogvlm.utils.checkpoint_io.sat_layout import write_checkpoint
 
@@ -54,6 +58,8 @@ def merge_checkpoint(source, target, lora_alpha: float = 1.0) -> Path:
     config = ckpt.config_from_model_config(model_config)
     stored = ckpt.stored_model_parallel_size(source_dir, model_config)
     model = ckpt.build_model(config)                                   # on the meta device: names and shapes only
+    if lora_alpha is None:
+        lora_alpha = model_config.get("lora_alpha") or DEFAULT_LORA_ALPHA
     merged = fold_lora(ckpt.read_full_state_dict(source_dir, stored, model), lora_alpha)
     ckpt.check_state_dict(model, merged, source_dir)
     merged_config = {k: v for k, v in model_config.items() if k not in FINETUNE_KEYS}
@@ -65,7 +71,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from_pretrained", required=True, help="checkpoint folder or name under $SAT_HOME")
     parser.add_argument("--save", required=True, help="folder for the merged checkpoint")
-    parser.add_argument("--lora_alpha", type=float, default=1.0, help="the LoRA alpha used in training")
+    parser.add_argument("--lora_alpha", type=float, default=None,
+                        help="the LoRA alpha used in training (default: the one model_config.json records, else 1)")
     args = parser.parse_args(argv)
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed:            # under torchrun: every rank sets up the same groups (a collective), then waits

@@ -4,6 +4,7 @@ The same interface as processor.Processor (what ChatModel and the engine call), 
 
     processor = GLM4Processor(tokenizer, ImageProcessor(1120), to_model_inputs)
     processor("What is shown?", history, picture)          # inference inputs, (1, S), image tokens included
+    processor.training_example("What is shown?", "A cat.", (), picture, max_length)   # + labels on the answer
 
 The template gives the published, unexpanded ids (3 image placeholders); `to_model_inputs`, the model's own
 expansion (image_placeholders.py), turns them into ModelInputs with the image slot expanded to [boi, image tokens, eoi] and
@@ -17,14 +18,17 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from cogvlm.models.inputs import ImageInputs, ModelInputs
+from cogvlm.models.inputs import ImageInputs, ModelInputs, truncated, with_answer
 
-from .glm4_template import GLM4Prompt, chat_messages, conversation_ids, left_padded
+from .glm4_template import ChatMessage, GLM4Prompt, chat_messages, conversation_ids, left_padded, message_ids
 from .glm4_tokenizer import GLM4Tokenizer
 from .image_processor import ImageProcessor
 from .text_processor import History
 
 TEMPLATE_NAME = "glm4"      # what ChatModel.version reports: the 9B models have one chat template
+# The published fine-tuning (THUDM/CogAgent finetune/finetune.py) closes a conversation with <|user|>, the turn
+# that would follow the answer.
+END_OF_TURN_TOKEN = "<|user|>"
 
 # unexpanded prompt (B = 1) and its image (None: text-only) -> the model's inputs
 ToModelInputs = Callable[[GLM4Prompt, "ImageInputs | None"], ModelInputs]
@@ -65,6 +69,22 @@ class GLM4Processor:
         if isinstance(image, Image.Image):
             image = self.images(image)
         return self.to_model_inputs(self.prompt(query, history, with_image=image is not None), image)
+
+    def training_example(self, query: str, answer: str, history: History = (),
+                         image: Image.Image | ImageInputs | None = None, max_length: int = 2048) -> ModelInputs:
+        """The inference prompt (ending in <|assistant|>), then "\\n" + answer + <|user|>, truncated to
+        `max_length`; the loss is on those answer tokens only (not the prompt, not the image slot).
+
+        The published fine-tuning also puts a label on <|assistant|> (always given at inference, so it teaches
+        nothing here) and none on its closing <|user|>; this one supervises <|user|>, one of the stop ids, so
+        that the fine-tuned model learns where its answer ends."""
+        prompt = self(query, history, image)
+        if len(prompt) + 1 >= max_length:
+            raise ValueError(f"the prompt is {len(prompt)} tokens; max_length {max_length} leaves no room to learn")
+        # the assistant message as the template writes it, without its <|assistant|> (the prompt's last token)
+        answer_ids = message_ids(self.tokenizer, ChatMessage("assistant", answer))[1:]
+        answer_ids.append(self.tokenizer.token_id(END_OF_TURN_TOKEN))
+        return truncated(with_answer(prompt, answer_ids), max_length)
 
 
 def model_inputs_builder(config) -> ToModelInputs:

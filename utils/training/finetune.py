@@ -2,6 +2,8 @@
 
     TrainableParts / freeze(...)      what trains is configuration: visual expert, adapter, boi/eoi, cross branch,
                                       LoRA (language model and ViT), a ViT layer range, or everything
+    GLM-4V-9B / CogAgent-9B           the same run; LoRA on configured targets (utils/training/lora.py), data in
+                                      the published agent format (--data_format agent, utils/training/agent_data.py)
     CaptionDataset, collate           samples -> the processor's training examples (ModelInputs with labels, loss
                                       only on the answer), right-padded into one ModelInputs; corrupt images are
                                       skipped and counted
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 # captcha answer is a few tokens, and decoding up to --max_length (1288) per sample made evaluation crawl.
 EVAL_MAX_NEW_TOKENS = 16
 TRAINABLE_CHOICES = ("visual_expert", "adapter", "boi_eoi", "cross_branch", "lora", "vit", "everything")
+DATA_FORMATS = ("captcha", "sft", "agent")
 
 
 # --- what trains --------------------------------------------------------------------------------------------------
@@ -47,13 +50,15 @@ def trainable_parameters(model, trainable: TrainableParts) -> list[tuple[str, to
     if "everything" in trainable.parts:
         return list(model.named_parameters())
     owners: list[torch.nn.Module] = []
-    attention, mlp = model.get_mixin("visual_expert_attention"), model.get_mixin("visual_expert_mlp")
     image = model.get_mixin("image")
-    if "visual_expert" in trainable.parts:
+    if "visual_expert" in trainable.parts and "visual_expert_attention" in model.mixins:   # GLM-4V has none
+        attention, mlp = model.get_mixin("visual_expert_attention"), model.get_mixin("visual_expert_mlp")
         owners += [attention.vision_query_key_value_list, attention.vision_dense_list, mlp.vision_gate_proj,
                    mlp.vision_dense_h_to_4h_list, mlp.vision_dense_4h_to_h_list]
     if "adapter" in trainable.parts:
         owners.append(image.adapter)
+        if hasattr(image, "conv"):                   # GLM-4V's projector starts with its patch-merging conv
+            owners.append(image.conv)
     if "cross_branch" in trainable.parts and "cross_vision" in model.mixins:
         owners.append(model.get_mixin("cross_vision"))
         owners += [layer.cross_attention for layer in model.transformer.layers]
@@ -177,7 +182,7 @@ def greedy_answers(model, batch: ModelInputs, tokenizer, max_new_tokens: int) ->
     from cogvlm.utils.inference.generation import SamplingConfig
 
     prompts = [batch.row(i).prompt() for i in range(batch.batch_size)]
-    requests = [Request(prompt, SamplingConfig(max_length=len(prompt) + max_new_tokens), (tokenizer.eos_token_id,))
+    requests = [Request(prompt, SamplingConfig(max_length=len(prompt) + max_new_tokens), tokenizer.stop_token_ids)
                 for prompt in prompts]
     results = collect(generate_batch(model, requests))
     return [tokenizer.decode(results[i][0]).strip() for i in range(len(requests))]
@@ -201,8 +206,8 @@ def evaluation_step(tokenizer, max_new_tokens: int):
 
 
 def labels_text(batch: ModelInputs, tokenizer) -> list[str]:
-    return [tokenizer.decode([t for t in row.tolist() if t not in (IGNORE_INDEX, tokenizer.eos_token_id)]).strip()
-            for row in batch.labels]
+    ends = (IGNORE_INDEX, *tokenizer.stop_token_ids)
+    return [tokenizer.decode([t for t in row.tolist() if t not in ends]).strip() for row in batch.labels]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -218,11 +223,22 @@ def parse_args(argv):
     parser.add_argument("--from_pretrained", required=True)
     parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5")
     parser.add_argument("--lora_rank", type=int, default=10)
+    parser.add_argument("--lora_alpha", type=float, default=None,
+                        help="9B models: LoRA scaling alpha / rank (default 32, as THUDM/CogAgent's lora.yaml)")
+    parser.add_argument("--lora_dropout", type=float, default=None, help="9B models: default 0.1, as published")
+    parser.add_argument("--lora_targets", nargs="+", default=None,
+                        help="9B models: the language model's linears LoRA adapts (default: query_key_value, as "
+                             "published; also dense, dense_h_to_4h, up_proj, dense_4h_to_h)")
+    parser.add_argument("--lora_vision", action="store_true", help="9B models: LoRA on the vision tower too")
+    parser.add_argument("--data_format", choices=DATA_FORMATS, default="captcha",
+                        help="captcha: folders of images named by their text; sft: CogVLM-SFT-311K folders; "
+                             "agent: CogAgent-9B .jsonl files (screenshot + conversation)")
     parser.add_argument("--use_lora", action="store_true")
     parser.add_argument("--use_qlora", action="store_true")
     parser.add_argument("--use_ptuning", action="store_true")
     parser.add_argument("--layer_range", nargs=2, type=int, default=None, help="ViT layers [start, end) to train")
-    parser.add_argument("--train", nargs="+", choices=TRAINABLE_CHOICES, default=["visual_expert"])
+    parser.add_argument("--train", nargs="+", choices=TRAINABLE_CHOICES, default=None,
+                        help="parts to train (default: visual_expert; LoRA only for the 9B models)")
     parser.add_argument("--query", default=None, help="captcha data: the question asked of every image")
     parser.add_argument("--merged_save", default=None,
                         help="where the fine-tuned (LoRA-merged) checkpoint goes; default SAVE/merged-<model>")
@@ -253,27 +269,95 @@ def parse_args(argv):
 
 
 DATA_FLAGS = (("--train-data", "train_data"), ("--valid-data", "valid_data"), ("--test-data", "test_data"))
-DATA_HINT = "make one with finetune_demo/make_captcha_dataset.py and utils/split_dataset.py"
+DATA_HINTS = {"captcha": "make one with finetune_demo/make_captcha_dataset.py and utils/split_dataset.py",
+              "sft": "a CogVLM-SFT-311K folder: images/ beside labels/",
+              "agent": "a .jsonl file of CogAgent-9B conversations, or a folder of them"}
+
+
+def read_samples(path: str, data_format: str, query: str) -> list:
+    from cogvlm.utils.training.agent_data import agent_samples
+    from cogvlm.utils.training.data import captcha_samples, sft_samples
+
+    if data_format == "agent":
+        return agent_samples(path)
+    if data_format == "sft":
+        return sft_samples(path)
+    return captcha_samples(path, query)
 
 
 def read_data_folders(args, query: str) -> dict[str, list]:
     """The samples of every --train-data / --valid-data / --test-data folder by path, read before the model loads
     so that a wrong path ends the run at once, in one line (SystemExit), not in a traceback from SAT's loaders."""
-    from cogvlm.utils.training.data import captcha_samples
-
+    data_format = getattr(args, "data_format", "captcha")
     samples = {}
     for flag, name in DATA_FLAGS:
         for path in getattr(args, name) or ():
             try:
-                samples[path] = captcha_samples(path, query)
+                samples[path] = read_samples(path, data_format, query)
             except FileNotFoundError as problem:
-                raise SystemExit(f"Error: {flag}: {problem} ({DATA_HINT})") from None
+                raise SystemExit(f"Error: {flag}: {problem} ({DATA_HINTS[data_format]})") from None
     return samples
+
+
+def is_glm4v(config) -> bool:
+    from cogvlm.models.config import GLM4VConfig
+
+    return isinstance(config, GLM4VConfig)
+
+
+NINE_B_LORA_FLAGS = (("--lora_alpha", "lora_alpha"), ("--lora_dropout", "lora_dropout"),
+                     ("--lora_targets", "lora_targets"), ("--lora_vision", "lora_vision"))
+
+
+def lora_settings(args, config):
+    """The LoRA of a run: the 9B models' targets are configuration (published defaults: lora.yaml of
+    THUDM/CogAgent); CogVLM / CogAgent keep SAT's LoraMixin (attention of every layer, alpha 1) as published, whose
+    checkpoints merge_model.py folds with alpha 1, so the 9B options are refused for them."""
+    from cogvlm.utils.training.lora import PUBLISHED_TARGETS, LoraSettings
+
+    if not is_glm4v(config):
+        given = [flag for flag, name in NINE_B_LORA_FLAGS if getattr(args, name) not in (None, False)]
+        if given:
+            raise SystemExit(f"Error: {', '.join(given)} apply to the 9B models (GLM-4V-9B, CogAgent-9B) only")
+        return None
+    try:
+        return LoraSettings(args.lora_rank, 32.0 if args.lora_alpha is None else args.lora_alpha,
+                            0.1 if args.lora_dropout is None else args.lora_dropout,
+                            tuple(args.lora_targets or PUBLISHED_TARGETS), args.lora_vision)
+    except ValueError as problem:
+        raise SystemExit(f"Error: {problem}") from None
+
+
+def add_lora(model, config, args) -> None:
+    from sat.model.finetune.lora2 import LoraMixin
+
+    from cogvlm.utils.training.lora import TargetedLora
+
+    settings = lora_settings(args, config)
+    if settings is not None:
+        try:
+            model.add_mixin("lora", TargetedLora(settings), reinit=True)
+        except ValueError as problem:                   # targets this model-parallel run cannot adapt exactly
+            raise SystemExit(f"Error: {problem}") from None
+        args.lora_alpha, args.lora_targets = settings.alpha, list(settings.targets)     # model_config.json
+        return
+    model.add_mixin("lora", LoraMixin(config.language.num_layers, args.lora_rank), reinit=True)
+    model.get_mixin("image").encoder.add_mixin(
+        "lora", LoraMixin(config.vision.num_layers, args.lora_rank, layer_range=args.layer_range), reinit=True)
+
+
+def merge_lora(model) -> None:
+    """Fold the LoRA of a trained model into its weights and remove the mixins."""
+    model.get_mixin("lora").merge_lora()
+    model.del_mixin("lora")
+    encoder = model.get_mixin("image").encoder
+    if "lora" in encoder.mixins:
+        encoder.get_mixin("lora").merge_lora()
+        encoder.del_mixin("lora")
 
 
 def run(argv=None, model_name: str = "CogVLM"):
     from sat.training.deepspeed_training import training_main
-    from sat.model.finetune.lora2 import LoraMixin
 
     from cogvlm.utils.inference.chat import ChatModel
     from cogvlm.utils.checkpoint_io.loading import save_model
@@ -292,11 +376,9 @@ def run(argv=None, model_name: str = "CogVLM"):
         raise SystemExit(f"Error: {problem}") from None
     model, config = chat.model, chat.config
     model.train()
-    parts = set(args.train)
+    parts = set(args.train or ([] if is_glm4v(config) else ["visual_expert"]))
     if args.use_lora:
-        model.add_mixin("lora", LoraMixin(config.language.num_layers, args.lora_rank), reinit=True)
-        model.get_mixin("image").encoder.add_mixin(
-            "lora", LoraMixin(config.vision.num_layers, args.lora_rank, layer_range=args.layer_range), reinit=True)
+        add_lora(model, config, args)
         parts.add("lora")
     trainable = TrainableParts(frozenset(parts), tuple(args.layer_range) if args.layer_range else None)
     model.disable_untrainable_params = lambda: freeze(model, trainable)
@@ -321,10 +403,7 @@ def run(argv=None, model_name: str = "CogVLM"):
         print(f"skipped {len(skipped)} unreadable image(s)", flush=True)
     trained = _unwrapped(engine) if engine is not None else model
     if args.use_lora:
-        trained.get_mixin("lora").merge_lora()
-        trained.get_mixin("image").encoder.get_mixin("lora").merge_lora()
-        trained.del_mixin("lora")
-        trained.get_mixin("image").encoder.del_mixin("lora")
+        merge_lora(trained)
     trained.eval()
     # with the tokenizer: a self-contained checkpoint folder for cli_demo_sat.py
     save_model(trained, target, tokenizer=Path(chat.tokenizer.path))
