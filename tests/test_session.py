@@ -28,6 +28,7 @@ class ScriptedChat:
     def __init__(self, answer: str):
         self.answer, self.calls = answer, []
         self.config = SimpleNamespace(language=SimpleNamespace(max_sequence_length=64))
+        self.version = "chat"           # a CogVLM / CogAgent-18B template (ChatModel.version)
 
     def preprocess(self, picture):
         return ("model inputs of", picture.size)

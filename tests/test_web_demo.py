@@ -19,6 +19,8 @@ from conftest import COGAGENT_TINY, HANG_TIMEOUT
 from PIL import Image
 from test_session import CAPTCHA, CAPTCHA_QUERY, IMAGE, ScriptedChat
 
+from cogvlm.utils.agent.protocol import HistoryStep, build_query
+from cogvlm.utils.grounding.agent_modes import GLM4_TEMPLATE
 from cogvlm.utils.grounding.boxes import BOX_COLORS, Box
 from cogvlm.utils.inference.generation import SamplingConfig
 
@@ -179,6 +181,104 @@ def test_a_tap_point_is_described_with_its_coordinates(web_demo):
     assert web_demo.describe_step(AgentStep(operation="tap [[5,995]]", point=(5, 995))) == \
         "**Operation:** tap [[5,995]]\n\n**Target:** [[005,995]]"
     assert web_demo.mode_choices("CogAgent-18B") == ((), ("plan, action and grounded operation", "plan and action"))
+
+
+# --- CogAgent-9B's agent mode, on a scripted model --------------------------------------------------------------
+
+NINE_B_CLICK = ("Status: Currently on the sign-in window.\n"
+                "Plan: 1. Click the Name field; 2. Type the name.\n"
+                "Action: Click the Name text field in the middle of the window.\n"
+                "Grounded Operation: CLICK(box=[[250,550,937,683]], element_info='Name')\n"
+                "<<一般操作>>")
+NINE_B_TYPE = ("Action: Type 'Ada Lovelace' into the Name field.\n"
+               "Grounded Operation: TYPE(box=[[250,550,937,683]], text='Ada Lovelace', element_info='Name')\n"
+               "<<敏感操作>>")
+NINE_B_TASK = "Sign in as Ada Lovelace"
+
+
+def nine_b_page(web_demo, answer: str):
+    page, chat = scripted_page(web_demo, answer)
+    chat.version = GLM4_TEMPLATE                   # as ChatModel reports a 9B checkpoint
+    return web_demo.DemoPage(chat, page.defaults), chat
+
+
+def ask_9b(page, session, task=NINE_B_TASK, platform="WIN", answer_format="action_op_sensitive"):
+    return list(page.ask_agent(session, "CogAgent-9B", task, platform, answer_format, *CONTROLS))[-1]
+
+
+def test_a_9b_checkpoint_opens_the_agent_tab_on_cogagent_9b(web_demo):
+    assert nine_b_page(web_demo, "ok")[0].agent_mode == "CogAgent-9B"
+    assert scripted_page(web_demo, "ok")[0].agent_mode == "CogAgent-18B"
+
+
+def test_the_9b_step_is_shown_with_status_sensitivity_box_and_action_point(web_demo):
+    from cogvlm.utils.agent.answer import parse_answer
+    from cogvlm.utils.agent.drawing import POINT_COLOR
+
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    final = ask_9b(page, session)
+    assert chat.calls[-1][:2] == (build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive"), [])
+    assert final.status == "" and final.agent_step == (
+        "**Status:** Currently on the sign-in window.\n\n"
+        "**Plan:** 1. Click the Name field; 2. Type the name.\n\n"
+        "**Next action:** Click the Name text field in the middle of the window.\n\n"
+        "**Operation:** CLICK(box=[[250,550,937,683]], element_info='Name')\n\n"
+        "**Target:** [[250,550,937,683]]\n\n"
+        "**Sensitivity:** general")
+    x, y = parse_answer(NINE_B_CLICK).action_point(*session.picture.size)
+    assert final.picture is session.marked and final.picture.getpixel((x, y)) == POINT_COLOR
+    chat.answer = NINE_B_TYPE
+    assert "**Sensitivity:** sensitive: confirm it before acting" in ask_9b(page, session).agent_step
+    assert chat.calls[-1][1] == [] and len(session.history) == 2    # the chat shows the turns; the model gets none
+
+
+def test_each_step_joins_the_next_screenshots_query_until_a_new_task_or_clear(web_demo):
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    ask_9b(page, session)
+    chat.answer = NINE_B_TYPE
+    session = page.open(str(IMAGE), session).session            # the next screenshot, same task
+    assert session.history == []
+    ask_9b(page, session)
+    steps = [HistoryStep("CLICK(box=[[250,550,937,683]], element_info='Name')",
+                         "Click the Name text field in the middle of the window."),
+             HistoryStep("TYPE(box=[[250,550,937,683]], text='Ada Lovelace', element_info='Name')",
+                         "Type 'Ada Lovelace' into the Name field.")]
+    assert chat.calls[1][:2] == (build_query(NINE_B_TASK, steps[:1], "WIN", "action_op_sensitive"), [])
+    ask_9b(page, session, platform="Mac", answer_format="status_plan_action_op")
+    assert chat.calls[2][:2] == (build_query(NINE_B_TASK, steps, "Mac", "status_plan_action_op"), [])
+
+    ask_9b(page, session, task="Open the mail")                 # a new task starts with no steps
+    assert chat.calls[3][0] == build_query("Open the mail", (), "WIN", "action_op_sensitive")
+    page.clear(session)
+    ask_9b(page, session, task="Open the mail")
+    assert chat.calls[4][0] == build_query("Open the mail", (), "WIN", "action_op_sensitive")
+
+
+def test_an_unreadable_9b_answer_is_shown_unread_and_not_repeated(web_demo):
+    page, chat = nine_b_page(web_demo, "lorem ipsum 3640")
+    session = opened(page)
+    final = ask_9b(page, session)
+    assert final.status == "" and final.picture is session.picture
+    assert final.agent_step == "**Not read:** the answer has no 'Grounded Operation:' line"
+    ask_9b(page, session)
+    assert chat.calls[1][0] == build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive")
+
+
+def test_an_end_step_finishes_the_task_and_a_bad_9b_choice_keeps_its_steps(web_demo):
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    ask_9b(page, session)
+    [bad] = page.ask_agent(session, "CogAgent-9B", NINE_B_TASK, "Linux", None, *CONTROLS)
+    assert bad.status == "Error: the platform must be one of WIN, Mac, Mobile, got 'Linux'" and len(chat.calls) == 1
+    [empty] = page.ask_agent(session, "CogAgent-9B", "  ", "WIN", None, *CONTROLS)
+    assert empty.status.startswith("Error: the task is empty")
+    chat.answer = "Action: Done.\nGrounded Operation: END()\n<<一般操作>>"
+    ask_9b(page, session)                                       # asked with the first step; the task ends
+    assert "\n0. CLICK(" in chat.calls[1][0]
+    ask_9b(page, session)
+    assert chat.calls[2][0] == build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive")
 
 
 # --- on the tiny checkpoints --------------------------------------------------------------------------------
