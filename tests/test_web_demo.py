@@ -320,6 +320,57 @@ def test_the_agent_tab_runs_on_the_tiny_cogagent(web_demo):
     assert final.agent_step == expected
 
 
+@pytest.fixture(scope="module")
+def cogagent9b_chat(tmp_path_factory):
+    """A ChatModel of the cogagent9b-tiny fixture: its HF weights regenerated and converted to a SAT checkpoint
+    (as tests/test_cli_glm4.py does, in process), with the real GLM-4 tokenizer."""
+    import shutil
+
+    from glm4v_reference import COGAGENT9B_TINY, regenerate_hf_weights
+    from safetensors.torch import save_file
+
+    from cogvlm.utils.checkpoint_io.hf_conversion import hf_to_sat
+    from cogvlm.utils.inference.chat import ChatModel
+
+    hf = tmp_path_factory.mktemp("hf-cogagent9b-tiny")
+    save_file(regenerate_hf_weights(COGAGENT9B_TINY), hf / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(COGAGENT9B_TINY / "config.json", hf)
+    shutil.copy(REPO_ROOT / "tests" / "fixtures" / "glm4-tokenizer" / "tokenizer.model", hf)
+    return ChatModel.from_pretrained(hf_to_sat(hf, tmp_path_factory.mktemp("sat-cogagent9b-tiny") / "checkpoint"))
+
+
+def test_the_agent_tab_runs_on_a_tiny_cogagent_9b_with_the_fixtures_agent_query(web_demo, cogagent9b_chat):
+    import torch
+    from glm4v_reference import COGAGENT9B_TINY
+    from test_cli_glm4 import NEW_TOKENS, published_answer
+
+    from cogvlm.utils.agent.answer import Unparsed, parse_answer
+
+    case = torch.load(COGAGENT9B_TINY / "cases.pt", weights_only=False)["cases"]["agent_query"]
+    # The fixture's query repeats two steps: a scripted model answers them, as the 9B would, on earlier screenshots.
+    scripted, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    earlier = opened(scripted)
+    ask_9b(scripted, earlier)
+    chat.answer = NINE_B_TYPE
+    ask_9b(scripted, earlier)
+
+    page = web_demo.DemoPage(cogagent9b_chat, SamplingConfig())
+    assert page.agent_mode == "CogAgent-9B"
+    session = page.open(str(COGAGENT9B_TINY / "image.png"), earlier).session     # the next screenshot
+    greedy_8_tokens = (0.8, 0.4, 1, case["expanded_length"] + NEW_TOKENS)     # the fixture's greedy generation
+    final = list(page.ask_agent(session, page.agent_mode, NINE_B_TASK, "WIN", "action_op_sensitive",
+                                *greedy_8_tokens))[-1]
+    [(query, answer)] = session.history
+    assert query == case["conversation"][0]["content"]
+    assert answer == published_answer(case)         # asked alone, as the reference was: no chat history
+    # Random weights answer noise: it is shown as not read, cleanly, and is not repeated in the next query.
+    parsed = parse_answer(answer)
+    assert isinstance(parsed, Unparsed) and final.status == ""
+    assert final.agent_step.endswith(f"**Not read:** {parsed.reason}") and final.picture is session.picture
+    assert session.agent_steps(page.agent_mode, NINE_B_TASK) == earlier.agent_steps(page.agent_mode, NINE_B_TASK)
+    assert len(session.agent_steps(page.agent_mode, NINE_B_TASK)) == 2
+
+
 # --- start-up -----------------------------------------------------------------------------------------------
 
 
