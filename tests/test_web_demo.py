@@ -559,3 +559,24 @@ def test_in_chromium_the_agent_tab_sends_the_agent_query(demo_url, browser_page)
     assert page.get_by_test_id("user").all_inner_texts() == [
         'What steps do I need to take to "open the settings"?(with grounding)']
     assert page.locator("#agent-task textarea").input_value() == "open the settings"
+
+
+def test_in_chromium_the_agent_tab_switches_to_cogagent_9b_and_sends_its_query(demo_url, browser_page):
+    page, _ = browser_page
+    page.goto(demo_url)
+    page.locator("#image-upload input[type=file]").set_input_files(str(IMAGE))
+    page.locator("#picture img").wait_for()
+    page.get_by_role("tab", name="Agent").click()
+    assert not page.locator("#agent-platform").is_visible()            # the captcha model opens on CogAgent-18B
+    page.locator("#agent-mode input").click()
+    page.get_by_role("option", name="CogAgent-9B").click()
+    page.locator("#agent-platform").wait_for()
+    page.locator("#agent-task textarea").fill("open the settings")
+    page.locator("#agent-ask").click()
+    wait_for_text(page, "#agent-step", "Not read")                     # a captcha reader's answer is no step
+    [shown] = page.get_by_test_id("user").all_inner_texts()
+    sent = build_query("open the settings", (), "WIN", "action_op_sensitive")
+    # The chat shows the query as Markdown: the line ends' spaces ("History steps: ") are not rendered.
+    assert shown.splitlines() == [line.rstrip() for line in sent.splitlines()]
+    assert page.locator("#agent-step").inner_text().strip() == \
+        "Not read: the answer has no 'Grounded Operation:' line"
