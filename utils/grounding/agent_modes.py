@@ -119,9 +119,12 @@ class CogAgent18B:
                          operation.box, operation.point)
 
     def mark(self, picture: Any, step: AgentStep) -> Any:
-        from cogvlm.utils.inference.session import mark_agent_step     # lazy: PIL comes with drawing
+        """The target box (or tap point) labelled with the operation."""
+        from .boxes import GroundedPhrase, render_boxes
 
-        return mark_agent_step(picture, step)
+        if step.target is None:
+            return None
+        return render_boxes(picture, [GroundedPhrase(step.operation or "", [step.target])])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Importing this module imports nothing heavy: PIL, torch and the model come with 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from cogvlm.utils.grounding.agent_modes import AgentStep
@@ -59,7 +59,7 @@ class Session:
     def carry_on(self, previous: Session) -> Session:
         """This session (about a new image) going on with `previous`'s agent task: the next screenshot of a task
         is asked with the steps taken so far."""
-        self.agent = previous.agent
+        self.agent = None if previous.agent is None else replace(previous.agent, steps=list(previous.agent.steps))
         return self
 
     def working_on(self, mode: str, task: str) -> bool:
@@ -118,13 +118,3 @@ def mark_answer_boxes(picture: Any, answer: str) -> Any:
 
     grounded = ground_phrases(answer)
     return render_boxes(picture, grounded) if grounded else None
-
-
-def mark_agent_step(picture: Any, step: AgentStep) -> Any:
-    """`picture` with the agent step's target box (or tap point) drawn, labelled with its operation; None when
-    the step has no target."""
-    from cogvlm.utils.grounding.boxes import GroundedPhrase, render_boxes
-
-    if step.target is None:
-        return None
-    return render_boxes(picture, [GroundedPhrase(step.operation or "", [step.target])])
