@@ -2,16 +2,18 @@
 
     python basic_demo/web_demo.py                                   # the embedded captcha reader, on 127.0.0.1:7860
     python basic_demo/web_demo.py --from_pretrained cogagent-chat --local_tokenizer PATH --bf16 --port 8080
+    python basic_demo/web_demo.py --from_pretrained cogagent-9b-20241220 --bf16       # the GUI agent (Agent tab)
     python basic_demo/web_demo.py --host 0.0.0.0                    # reachable from other machines
 
 Upload an image, then chat about it: answers stream in, the sampling controls apply to the next answer, "Clear"
 starts the conversation over, a new image starts a new one. Answers with [[x0,y0,x1,y1]] boxes are shown with their
 boxes drawn on the image. The Agent tab builds CogAgent's GUI-agent query from a task and shows the parsed plan,
-next action and grounded operation, with its box on the screenshot. With a 9B checkpoint it asks CogAgent-9B (a
+next action and grounded operation, with its box on the screenshot. A 9B checkpoint opens it on CogAgent-9B (a
 platform and an answer format to choose; the status and the sensitivity are shown, and the point the operation
 acts at is drawn): upload the next screenshot and ask again with the same task, and the query lists the steps
-taken so far; a new task or "Clear" starts over. The page only shows the step, it never acts on it. Bad input (no image, an unreadable image, a
-prompt too long for the max length) is a one-line error on the page; the page goes on working.
+taken so far; a new task or "Clear" starts over. The page only shows the step, it never acts on it. Bad input
+(no image, an unreadable image, a prompt too long for the max length) is a one-line error on the page; the page
+goes on working.
 
 Nothing leaves the machine: Gradio's analytics are off (unless GRADIO_ANALYTICS_ENABLED says otherwise) and no
 public link is made without --share. One process serves one model: requests are answered one at a time, in order.

@@ -16,8 +16,8 @@ from cogvlm.utils.grounding.agent_modes import AgentStep
 from cogvlm.utils.inference.messages import message
 
 if TYPE_CHECKING:
-    from cogvlm.utils.agent.protocol import HistoryStep
     from cogvlm.models.inputs import ImageInputs
+    from cogvlm.utils.agent.protocol import HistoryStep
     from cogvlm.utils.inference.chat import ChatModel
     from cogvlm.utils.inference.generation import SamplingConfig
 
