@@ -211,6 +211,17 @@ def test_a_9b_checkpoint_opens_the_agent_tab_on_cogagent_9b(web_demo):
     assert scripted_page(web_demo, "ok")[0].agent_mode == "CogAgent-18B"
 
 
+def test_the_built_page_of_a_9b_checkpoint_offers_its_platforms_and_formats(web_demo):
+    page, _ = nine_b_page(web_demo, "ok")
+    blocks = {block.elem_id: block for block in web_demo.build_demo(page, "heading").blocks.values()
+              if getattr(block, "elem_id", None)}
+    shown = {name: (blocks[name].value, blocks[name].visible, [choice[0] for choice in blocks[name].choices])
+             for name in ("agent-mode", "agent-platform", "agent-format")}
+    assert shown == {"agent-mode": ("CogAgent-9B", True, ["CogAgent-18B", "CogAgent-9B"]),
+                     "agent-platform": ("WIN", True, ["WIN", "Mac", "Mobile"]),
+                     "agent-format": ("action_op_sensitive", True, list(CogAgent9B().formats))}
+
+
 def test_the_9b_step_is_shown_with_status_sensitivity_box_and_action_point(web_demo):
     from cogvlm.utils.agent.answer import parse_answer
     from cogvlm.utils.agent.drawing import POINT_COLOR
