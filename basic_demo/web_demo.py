@@ -2,13 +2,18 @@
 
     python basic_demo/web_demo.py                                   # the embedded captcha reader, on 127.0.0.1:7860
     python basic_demo/web_demo.py --from_pretrained cogagent-chat --local_tokenizer PATH --bf16 --port 8080
+    python basic_demo/web_demo.py --from_pretrained cogagent-9b-20241220 --bf16       # the GUI agent (Agent tab)
     python basic_demo/web_demo.py --host 0.0.0.0                    # reachable from other machines
 
 Upload an image, then chat about it: answers stream in, the sampling controls apply to the next answer, "Clear"
 starts the conversation over, a new image starts a new one. Answers with [[x0,y0,x1,y1]] boxes are shown with their
 boxes drawn on the image. The Agent tab builds CogAgent's GUI-agent query from a task and shows the parsed plan,
-next action and grounded operation, with its box on the screenshot. Bad input (no image, an unreadable image, a
-prompt too long for the max length) is a one-line error on the page; the page goes on working.
+next action and grounded operation, with its box on the screenshot. A 9B checkpoint opens it on CogAgent-9B (a
+platform and an answer format to choose; the status and the sensitivity are shown, and the point the operation
+acts at is drawn): upload the next screenshot and ask again with the same task, and the query lists the steps
+taken so far; a new task or "Clear" starts over. The page only shows the step, it never acts on it. Bad input
+(no image, an unreadable image, a prompt too long for the max length) is a one-line error on the page; the page
+goes on working.
 
 Nothing leaves the machine: Gradio's analytics are off (unless GRADIO_ANALYTICS_ENABLED says otherwise) and no
 public link is made without --share. One process serves one model: requests are answered one at a time, in order.
@@ -26,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 from cogvlm import warn_if_other_checkout
 from cogvlm.basic_demo.cli_demo_sat import (Console, add_model_arguments, add_sampling_arguments,
                                             check_common_arguments)
-from cogvlm.utils.grounding.agent_modes import AGENT_MODES, AgentStep
+from cogvlm.utils.grounding.agent_modes import AGENT_MODES, AgentStep, default_mode
 from cogvlm.utils.inference.messages import describe, message
-from cogvlm.utils.inference.session import Session, mark_agent_step, mark_answer_boxes, open_image, stream_turn
+from cogvlm.utils.inference.session import Session, mark_answer_boxes, open_image, stream_turn
 
 if TYPE_CHECKING:
     from cogvlm.utils.inference.chat import ChatModel
@@ -98,11 +103,16 @@ def error_line(problem: BaseException, upload_path: str | None = None) -> str:
     return message("error_prefix") + text
 
 
+SENSITIVITY = {True: "sensitive: confirm it before acting", False: "general"}
+
+
 def describe_step(step: AgentStep) -> str:
     """The agent step, one labelled line per part it has (Markdown)."""
     target = step.box if step.box is not None else (f"[[{step.point[0]:03d},{step.point[1]:03d}]]"
                                                     if step.point is not None else None)
-    parts = (("Plan", step.plan), ("Next action", step.action), ("Operation", step.operation), ("Target", target))
+    parts = (("Status", step.status), ("Plan", step.plan), ("Next action", step.action),
+             ("Operation", step.operation), ("Target", target), ("Sensitivity", SENSITIVITY.get(step.sensitive)),
+             ("Not read", step.unread))
     lines = [f"**{label}:** {value}" for label, value in parts if value is not None]
     return "\n\n".join(lines) if lines else message("no_agent_step")
 
@@ -121,10 +131,13 @@ class DemoPage:
     chat: ChatModel
     defaults: SamplingConfig
     limits: SamplingLimits | None = None        # None: from the model's configuration
+    agent_mode: str | None = None               # the Agent tab's first choice; None: the loaded model's own
 
     def __post_init__(self) -> None:
         if self.limits is None:
             self.limits = SamplingLimits(self.chat.config.language.max_sequence_length)
+        if self.agent_mode is None:
+            self.agent_mode = default_mode(self.chat.version)
 
     def sampling(self, temperature: float, top_p: float, top_k: float, max_length: float) -> SamplingConfig:
         """The SamplingConfig of the controls' values; ValueError (one line) for a value out of range."""
@@ -137,14 +150,16 @@ class DemoPage:
         return replace(self.defaults, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                        max_length=int(max_length))
 
-    def open(self, path: str | None) -> View:
-        """A new image (or none: the upload was removed) starts a new conversation."""
+    def open(self, path: str | None, previous: Session | None = None) -> View:
+        """A new image (or none: the upload was removed) starts a new conversation; it goes on with `previous`'s
+        agent task (a new screenshot is the task's next step)."""
+        previous = previous or Session()
         if not path:
-            return View(Session(), [], None)
+            return View(Session().carry_on(previous), [], None)
         try:
-            session = open_image(self.chat, path)
+            session = open_image(self.chat, path).carry_on(previous)
         except ValueError as problem:           # not an image, truncated, unsupported mode
-            return View(Session(), [], None, error_line(problem, path))
+            return View(Session().carry_on(previous), [], None, error_line(problem, path))
         return View(session, [], session.picture)
 
     def clear(self, session: Session) -> View:
@@ -162,10 +177,12 @@ class DemoPage:
                   answer_format: str | None, temperature: float, top_p: float, top_k: float,
                   max_length: float) -> Iterator[View]:
         """Ask the agent mode's query for `task`, streaming; then show the parsed step and draw its target. The
-        task stays in its box: the next screenshot usually goes with the same task."""
+        task stays in its box: the next screenshot usually goes with the same task. A mode whose query lists the
+        task's steps is asked with the session's steps of this task, and a step read from the answer joins them."""
         try:
             mode = AGENT_MODES[mode_name]
-            query = mode.query(task, platform or None, answer_format or None)
+            steps = session.agent_steps(mode_name, task) if mode.steps_in_query else []
+            query = mode.query(task, platform or None, answer_format or None, steps)
         except KeyError:
             yield self._failed(session, f"unknown agent mode {mode_name!r}")
             return
@@ -173,21 +190,27 @@ class DemoPage:
             yield self._failed(session, problem)
             return
 
+        if mode.steps_in_query:         # a valid query: its task is now the one worked on
+            session.work_on(mode_name, task)
+
         def show(answer: str) -> tuple[Any, str]:
             step = mode.parse(answer)
-            return mark_agent_step(session.picture, step), describe_step(step)
+            session.record_agent_step(step)
+            return mode.mark(session.picture, step), describe_step(step)
 
-        yield from self._turn(session, query, (temperature, top_p, top_k, max_length), show, query_box=False)
+        yield from self._turn(session, query, (temperature, top_p, top_k, max_length), show, query_box=False,
+                              with_history=not mode.steps_in_query)
 
-    def _turn(self, session: Session, query: str, controls: tuple, show, query_box: bool) -> Iterator[View]:
+    def _turn(self, session: Session, query: str, controls: tuple, show, query_box: bool,
+              with_history: bool = True) -> Iterator[View]:
         """Stream one turn; at its end `show(answer)` gives the marked picture (or None) and the agent step text.
         With `query_box`, the query came from the query box: it is emptied with the first text and given the query
-        back after an error. Errors (before or during the answer) end the turn with one line; the session stays
-        as it was."""
+        back after an error. Without `with_history` the model is not given the chat's earlier turns. Errors
+        (before or during the answer) end the turn with one line; the session stays as it was."""
         before = chat_messages(session.history)
         try:
             sampling = self.sampling(*controls)
-            for count, text in enumerate(stream_turn(self.chat, session, query, sampling)):
+            for count, text in enumerate(stream_turn(self.chat, session, query, sampling, with_history)):
                 yield View(session, before + chat_messages([(query, text)]), KEEP,
                            draft="" if query_box and count == 0 else KEEP)
             marked, step = show(session.history[-1][1])
@@ -218,7 +241,7 @@ def build_demo(page: DemoPage, heading: str):
     import gradio as gr
 
     controls_default = page.defaults
-    first_mode = next(iter(AGENT_MODES))
+    first_mode = page.agent_mode
     platforms, formats = mode_choices(first_mode)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(heading)
@@ -277,7 +300,7 @@ def build_demo(page: DemoPage, heading: str):
             for view in page.ask_agent(state, *inputs):
                 yield values(view)
 
-        upload.change(lambda path: values(page.open(path)), [upload], outputs, **in_turn)
+        upload.change(lambda path, state: values(page.open(path, state)), [upload, session], outputs, **in_turn)
         for trigger in (clear.click, chatbot.clear):        # the button, and the chat's own trash icon
             trigger(lambda state: values(page.clear(state)), [session], outputs, **in_turn)
         for trigger in (query.submit, send.click):

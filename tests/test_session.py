@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 
 from cogvlm import PACKAGE_ROOT
-from cogvlm.utils.grounding.agent_modes import AgentStep
+from cogvlm.utils.grounding.agent_modes import AgentStep, CogAgent18B
 from cogvlm.utils.grounding.boxes import BOX_COLORS, Box
 from cogvlm.utils.inference.generation import PromptTooLongError, SamplingConfig
-from cogvlm.utils.inference.session import (NoImageError, Session, mark_agent_step, mark_answer_boxes, open_image,
-                                            stream_turn)
+from cogvlm.utils.inference.session import NoImageError, Session, mark_answer_boxes, open_image, stream_turn
 from cogvlm.utils.preprocessing.image_processor import ImageLoadError
 
 CAPTCHA = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
@@ -28,6 +27,7 @@ class ScriptedChat:
     def __init__(self, answer: str):
         self.answer, self.calls = answer, []
         self.config = SimpleNamespace(language=SimpleNamespace(max_sequence_length=64))
+        self.version = "chat"           # a CogVLM / CogAgent-18B template (ChatModel.version)
 
     def preprocess(self, picture):
         return ("model inputs of", picture.size)
@@ -123,9 +123,9 @@ def test_an_answer_with_a_box_is_drawn_on_a_copy_of_the_picture():
 def test_an_agent_step_target_is_drawn_and_a_step_without_one_draws_nothing():
     picture = Image.new("RGB", (400, 300), (255, 255, 255))
     box = Box(212, 498, 787, 564)
-    marked = mark_agent_step(picture, AgentStep(operation="CLICK", box=box))
+    marked = CogAgent18B().mark(picture, AgentStep(operation="CLICK", box=box))
     assert _outline_color(marked, box) == BOX_COLORS[0]
-    assert mark_agent_step(picture, AgentStep(plan="wait")) is None
+    assert CogAgent18B().mark(picture, AgentStep(plan="wait")) is None
 
 
 def test_clear_keeps_the_image_and_forgets_the_conversation():
@@ -134,3 +134,25 @@ def test_clear_keeps_the_image_and_forgets_the_conversation():
     session.clear()
     assert (session.picture, session.image, session.history, session.marked) == ("picture", "inputs", [], None)
     assert session.shown == "picture"
+
+
+def test_an_agent_task_keeps_its_steps_across_screenshots_until_another_task_an_end_or_clear():
+    from cogvlm.utils.agent.protocol import HistoryStep
+
+    click, typed = HistoryStep("CLICK(box=[[1,2,3,4]])", "Click."), HistoryStep("TYPE(text='a')", "Type.")
+    session = Session()
+    session.work_on("CogAgent-9B", "sign in")
+    session.record_agent_step(AgentStep(history_step=click))
+    session.record_agent_step(AgentStep(unread="no operation"))                 # not repeated
+    following = Session().carry_on(session)                                     # the next screenshot
+    following.record_agent_step(AgentStep(history_step=typed))
+    assert following.agent_steps("CogAgent-9B", "sign in") == [click, typed]
+    assert session.agent_steps("CogAgent-9B", "sign in") == [click]            # a copy: the old page is unchanged
+    assert following.agent_steps("CogAgent-9B", "log out") == following.agent_steps("CogAgent-18B", "sign in") == []
+    following.work_on("CogAgent-9B", "log out")
+    assert following.agent_steps("CogAgent-9B", "sign in") == []
+    following.record_agent_step(AgentStep(history_step=click))
+    following.record_agent_step(AgentStep(history_step=typed, ends_task=True))
+    assert following.agent is None
+    session.clear()
+    assert session.agent is None

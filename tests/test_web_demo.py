@@ -19,6 +19,8 @@ from conftest import COGAGENT_TINY, HANG_TIMEOUT
 from PIL import Image
 from test_session import CAPTCHA, CAPTCHA_QUERY, IMAGE, ScriptedChat
 
+from cogvlm.utils.agent.protocol import HistoryStep, build_query
+from cogvlm.utils.grounding.agent_modes import GLM4_TEMPLATE, CogAgent9B
 from cogvlm.utils.grounding.boxes import BOX_COLORS, Box
 from cogvlm.utils.inference.generation import SamplingConfig
 
@@ -181,6 +183,115 @@ def test_a_tap_point_is_described_with_its_coordinates(web_demo):
     assert web_demo.mode_choices("CogAgent-18B") == ((), ("plan, action and grounded operation", "plan and action"))
 
 
+# --- CogAgent-9B's agent mode, on a scripted model --------------------------------------------------------------
+
+NINE_B_CLICK = ("Status: Currently on the sign-in window.\n"
+                "Plan: 1. Click the Name field; 2. Type the name.\n"
+                "Action: Click the Name text field in the middle of the window.\n"
+                "Grounded Operation: CLICK(box=[[250,550,937,683]], element_info='Name')\n"
+                "<<一般操作>>")
+NINE_B_TYPE = ("Action: Type 'Ada Lovelace' into the Name field.\n"
+               "Grounded Operation: TYPE(box=[[250,550,937,683]], text='Ada Lovelace', element_info='Name')\n"
+               "<<敏感操作>>")
+NINE_B_TASK = "Sign in as Ada Lovelace"
+
+
+def nine_b_page(web_demo, answer: str):
+    page, chat = scripted_page(web_demo, answer)
+    chat.version = GLM4_TEMPLATE                   # as ChatModel reports a 9B checkpoint
+    return web_demo.DemoPage(chat, page.defaults), chat
+
+
+def ask_9b(page, session, task=NINE_B_TASK, platform="WIN", answer_format="action_op_sensitive"):
+    return list(page.ask_agent(session, "CogAgent-9B", task, platform, answer_format, *CONTROLS))[-1]
+
+
+def test_a_9b_checkpoint_opens_the_agent_tab_on_cogagent_9b(web_demo):
+    assert nine_b_page(web_demo, "ok")[0].agent_mode == "CogAgent-9B"
+    assert scripted_page(web_demo, "ok")[0].agent_mode == "CogAgent-18B"
+
+
+def test_the_built_page_of_a_9b_checkpoint_offers_its_platforms_and_formats(web_demo):
+    page, _ = nine_b_page(web_demo, "ok")
+    blocks = {block.elem_id: block for block in web_demo.build_demo(page, "heading").blocks.values()
+              if getattr(block, "elem_id", None)}
+    shown = {name: (blocks[name].value, blocks[name].visible, [choice[0] for choice in blocks[name].choices])
+             for name in ("agent-mode", "agent-platform", "agent-format")}
+    assert shown == {"agent-mode": ("CogAgent-9B", True, ["CogAgent-18B", "CogAgent-9B"]),
+                     "agent-platform": ("WIN", True, ["WIN", "Mac", "Mobile"]),
+                     "agent-format": ("action_op_sensitive", True, list(CogAgent9B().formats))}
+
+
+def test_the_9b_step_is_shown_with_status_sensitivity_box_and_action_point(web_demo):
+    from cogvlm.utils.agent.answer import parse_answer
+    from cogvlm.utils.agent.drawing import POINT_COLOR
+
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    final = ask_9b(page, session)
+    assert chat.calls[-1][:2] == (build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive"), [])
+    assert final.status == "" and final.agent_step == (
+        "**Status:** Currently on the sign-in window.\n\n"
+        "**Plan:** 1. Click the Name field; 2. Type the name.\n\n"
+        "**Next action:** Click the Name text field in the middle of the window.\n\n"
+        "**Operation:** CLICK(box=[[250,550,937,683]], element_info='Name')\n\n"
+        "**Target:** [[250,550,937,683]]\n\n"
+        "**Sensitivity:** general")
+    x, y = parse_answer(NINE_B_CLICK).action_point(*session.picture.size)
+    assert final.picture is session.marked and final.picture.getpixel((x, y)) == POINT_COLOR
+    chat.answer = NINE_B_TYPE
+    assert "**Sensitivity:** sensitive: confirm it before acting" in ask_9b(page, session).agent_step
+    assert chat.calls[-1][1] == [] and len(session.history) == 2    # the chat shows the turns; the model gets none
+
+
+def test_each_step_joins_the_next_screenshots_query_until_a_new_task_or_clear(web_demo):
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    ask_9b(page, session)
+    chat.answer = NINE_B_TYPE
+    session = page.open(str(IMAGE), session).session            # the next screenshot, same task
+    assert session.history == []
+    ask_9b(page, session)
+    steps = [HistoryStep("CLICK(box=[[250,550,937,683]], element_info='Name')",
+                         "Click the Name text field in the middle of the window."),
+             HistoryStep("TYPE(box=[[250,550,937,683]], text='Ada Lovelace', element_info='Name')",
+                         "Type 'Ada Lovelace' into the Name field.")]
+    assert chat.calls[1][:2] == (build_query(NINE_B_TASK, steps[:1], "WIN", "action_op_sensitive"), [])
+    ask_9b(page, session, platform="Mac", answer_format="status_plan_action_op")
+    assert chat.calls[2][:2] == (build_query(NINE_B_TASK, steps, "Mac", "status_plan_action_op"), [])
+
+    ask_9b(page, session, task="Open the mail")                 # a new task starts with no steps
+    assert chat.calls[3][0] == build_query("Open the mail", (), "WIN", "action_op_sensitive")
+    page.clear(session)
+    ask_9b(page, session, task="Open the mail")
+    assert chat.calls[4][0] == build_query("Open the mail", (), "WIN", "action_op_sensitive")
+
+
+def test_an_unreadable_9b_answer_is_shown_unread_and_not_repeated(web_demo):
+    page, chat = nine_b_page(web_demo, "lorem ipsum 3640")
+    session = opened(page)
+    final = ask_9b(page, session)
+    assert final.status == "" and final.picture is session.picture
+    assert final.agent_step == "**Not read:** the answer has no 'Grounded Operation:' line"
+    ask_9b(page, session)
+    assert chat.calls[1][0] == build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive")
+
+
+def test_an_end_step_finishes_the_task_and_a_bad_9b_choice_keeps_its_steps(web_demo):
+    page, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    session = opened(page)
+    ask_9b(page, session)
+    [bad] = page.ask_agent(session, "CogAgent-9B", NINE_B_TASK, "Linux", None, *CONTROLS)
+    assert bad.status == "Error: the platform must be one of WIN, Mac, Mobile, got 'Linux'" and len(chat.calls) == 1
+    [empty] = page.ask_agent(session, "CogAgent-9B", "  ", "WIN", None, *CONTROLS)
+    assert empty.status.startswith("Error: the task is empty")
+    chat.answer = "Action: Done.\nGrounded Operation: END()\n<<一般操作>>"
+    ask_9b(page, session)                                       # asked with the first step; the task ends
+    assert "\n0. CLICK(" in chat.calls[1][0]
+    ask_9b(page, session)
+    assert chat.calls[2][0] == build_query(NINE_B_TASK, (), "WIN", "action_op_sensitive")
+
+
 # --- on the tiny checkpoints --------------------------------------------------------------------------------
 
 
@@ -218,6 +329,57 @@ def test_the_agent_tab_runs_on_the_tiny_cogagent(web_demo):
     # Random weights answer noise: whatever it is, the step shown is the parser's reading of it.
     expected = web_demo.describe_step(web_demo.AGENT_MODES["CogAgent-18B"].parse(session.history[0][1]))
     assert final.agent_step == expected
+
+
+@pytest.fixture(scope="module")
+def cogagent9b_chat(tmp_path_factory):
+    """A ChatModel of the cogagent9b-tiny fixture: its HF weights regenerated and converted to a SAT checkpoint
+    (as tests/test_cli_glm4.py does, in process), with the real GLM-4 tokenizer."""
+    import shutil
+
+    from glm4v_reference import COGAGENT9B_TINY, regenerate_hf_weights
+    from safetensors.torch import save_file
+
+    from cogvlm.utils.checkpoint_io.hf_conversion import hf_to_sat
+    from cogvlm.utils.inference.chat import ChatModel
+
+    hf = tmp_path_factory.mktemp("hf-cogagent9b-tiny")
+    save_file(regenerate_hf_weights(COGAGENT9B_TINY), hf / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(COGAGENT9B_TINY / "config.json", hf)
+    shutil.copy(REPO_ROOT / "tests" / "fixtures" / "glm4-tokenizer" / "tokenizer.model", hf)
+    return ChatModel.from_pretrained(hf_to_sat(hf, tmp_path_factory.mktemp("sat-cogagent9b-tiny") / "checkpoint"))
+
+
+def test_the_agent_tab_runs_on_a_tiny_cogagent_9b_with_the_fixtures_agent_query(web_demo, cogagent9b_chat):
+    import torch
+    from glm4v_reference import COGAGENT9B_TINY
+    from test_cli_glm4 import NEW_TOKENS, published_answer
+
+    from cogvlm.utils.agent.answer import Unparsed, parse_answer
+
+    case = torch.load(COGAGENT9B_TINY / "cases.pt", weights_only=False)["cases"]["agent_query"]
+    # The fixture's query repeats two steps: a scripted model answers them, as the 9B would, on earlier screenshots.
+    scripted, chat = nine_b_page(web_demo, NINE_B_CLICK)
+    earlier = opened(scripted)
+    ask_9b(scripted, earlier)
+    chat.answer = NINE_B_TYPE
+    ask_9b(scripted, earlier)
+
+    page = web_demo.DemoPage(cogagent9b_chat, SamplingConfig())
+    assert page.agent_mode == "CogAgent-9B"
+    session = page.open(str(COGAGENT9B_TINY / "image.png"), earlier).session     # the next screenshot
+    greedy_8_tokens = (0.8, 0.4, 1, case["expanded_length"] + NEW_TOKENS)     # the fixture's greedy generation
+    final = list(page.ask_agent(session, page.agent_mode, NINE_B_TASK, "WIN", "action_op_sensitive",
+                                *greedy_8_tokens))[-1]
+    [(query, answer)] = session.history
+    assert query == case["conversation"][0]["content"]
+    assert answer == published_answer(case)         # asked alone, as the reference was: no chat history
+    # Random weights answer noise: it is shown as not read, cleanly, and is not repeated in the next query.
+    parsed = parse_answer(answer)
+    assert isinstance(parsed, Unparsed) and final.status == ""
+    assert final.agent_step.endswith(f"**Not read:** {parsed.reason}") and final.picture is session.picture
+    assert session.agent_steps(page.agent_mode, NINE_B_TASK) == [
+        CogAgent9B().parse(NINE_B_CLICK).history_step, CogAgent9B().parse(NINE_B_TYPE).history_step]
 
 
 # --- start-up -----------------------------------------------------------------------------------------------
@@ -408,3 +570,24 @@ def test_in_chromium_the_agent_tab_sends_the_agent_query(demo_url, browser_page)
     assert page.get_by_test_id("user").all_inner_texts() == [
         'What steps do I need to take to "open the settings"?(with grounding)']
     assert page.locator("#agent-task textarea").input_value() == "open the settings"
+
+
+def test_in_chromium_the_agent_tab_switches_to_cogagent_9b_and_sends_its_query(demo_url, browser_page):
+    page, _ = browser_page
+    page.goto(demo_url)
+    page.locator("#image-upload input[type=file]").set_input_files(str(IMAGE))
+    page.locator("#picture img").wait_for()
+    page.get_by_role("tab", name="Agent").click()
+    assert not page.locator("#agent-platform").is_visible()            # the captcha model opens on CogAgent-18B
+    page.locator("#agent-mode input").click()
+    page.get_by_role("option", name="CogAgent-9B").click()
+    page.locator("#agent-platform").wait_for()
+    page.locator("#agent-task textarea").fill("open the settings")
+    page.locator("#agent-ask").click()
+    wait_for_text(page, "#agent-step", "Not read")                     # a captcha reader's answer is no step
+    [shown] = page.get_by_test_id("user").all_inner_texts()
+    sent = build_query("open the settings", (), "WIN", "action_op_sensitive")
+    # The chat shows the query as Markdown: the line ends' spaces ("History steps: ") are not rendered.
+    assert shown.splitlines() == [line.rstrip() for line in sent.splitlines()]
+    assert page.locator("#agent-step").inner_text().strip() == \
+        "Not read: the answer has no 'Grounded Operation:' line"
