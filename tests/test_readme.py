@@ -162,33 +162,59 @@ def test_batch_jobs_over_a_folder_and_a_jobs_file(scratch):
     assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == ["3640"]
 
 
-def hf_folder(fixture, folder: Path) -> Path:
-    """A tiny stand-in for a downloaded THUDM/glm-4v-9b or cogagent-9b-20241220 folder (weights from the recipe)."""
-    from safetensors.torch import save_file
-    from glm4v_reference import regenerate_hf_weights
-    folder.mkdir(parents=True)
-    save_file(regenerate_hf_weights(fixture), folder / "model.safetensors", metadata={"format": "pt"})
-    shutil.copy(fixture / "config.json", folder)
-    shutil.copy(REPO_ROOT / "tests" / "fixtures" / "glm4-tokenizer" / "tokenizer.model", folder)
-    return folder
-
-
-def test_glm4v_9b_and_cogagent_9b_convert_and_chat(scratch):
-    from glm4v_reference import COGAGENT9B_TINY, GLM4V_TINY
-    convert, chat, one_shot = (commands_with("--sat $SAT_HOME/glm-4v-9b")[0], commands_with("glm-4v-9b --bf16")[0],
-                               commands_with("cogagent-9b-20241220 --image screenshot.png")[0])
-    run(convert, scratch, substitutions=[("/data/glm-4v-9b", hf_folder(GLM4V_TINY, scratch["dir"] / "hf-glm4v"))])
-    result = run(chat, scratch, stdin=f"{GLM4V_TINY / 'image.png'}\nWhat is on the screen?\nstop\n")
-    assert len(answers(result.stdout)) == 1 and answers(result.stdout)[0].strip() != "Model:"
-    agent_hf = hf_folder(COGAGENT9B_TINY, scratch["dir"] / "hf-cogagent9b")
+def test_glm4v_9b_and_cogagent_9b_convert_chat_and_act(scratch):
+    from glm4v_reference import COGAGENT9B_TINY, GLM4V_TINY, write_hf_folder
+    # --max_length stands for the real models' 1600 image tokens: the tiny ones have 4, and random weights write
+    # until the limit.
+    shorter = [("--max_length 4096", "--max_length 64"), ("--max_length 2048", "--max_length 32")]
+    convert = commands_with("--sat $SAT_HOME/glm-4v-9b")[0]
+    run(convert, scratch, substitutions=[("/data/glm-4v-9b", write_hf_folder(GLM4V_TINY, scratch["dir"] / "hf-g"))])
+    result = run(commands_with("glm-4v-9b --bf16 --stream_chat")[0], scratch, substitutions=shorter[:1],
+                 stdin=f"{GLM4V_TINY / 'image.png'}\nWhat is on the screen?\nclear\n\nAnd in words?\nstop\n")
+    assert len(answers(result.stdout)) == 2     # one about the image; after clear, an empty image line: text-only
+    result = run(commands_with('--query "Write one sentence')[0], scratch, substitutions=shorter[1:])
+    assert result.stdout.strip()
+    agent_hf = write_hf_folder(COGAGENT9B_TINY, scratch["dir"] / "hf-a")
     run(f"python utils/convert_hf_checkpoint.py --hf {agent_hf} --sat $SAT_HOME/cogagent-9b-20241220", scratch)
-    result = run(one_shot, scratch, substitutions=[("screenshot.png", COGAGENT9B_TINY / "image.png")])
+    result = run(commands_with("cogagent-9b-20241220 --image screenshot.png")[0], scratch,
+                 substitutions=[("screenshot.png", COGAGENT9B_TINY / "image.png"), *shorter[:1]])
+    assert result.stdout.strip()
+    result = run(commands_with("basic_demo/agent_demo.py")[0], scratch,
+                 substitutions=[("--max_length 4096", "--max_length 140")],
+                 stdin=f"{COGAGENT9B_TINY / 'image.png'}\nSign in as Ada Lovelace\nstop\n")
+    assert "Unparsed answer:" in result.stdout         # the random tiny model writes no agent step, and it says so
+
+
+@pytest.mark.slow
+def test_fine_tuning_cogagent_9b_then_chatting_with_it(scratch):
+    from glm4v_reference import COGAGENT9B_TINY, convert_to_sat, write_hf_folder
+    from PIL import Image
+    fine_tune = commands_with("finetune_demo/finetune_cogagent9b_lora.sh")[0]
+    chat = commands_with("--from_pretrained checkpoints/merged-cogagent-9b")[0]
+    convert_to_sat(write_hf_folder(COGAGENT9B_TINY, scratch["dir"] / "hf-a"),
+                   scratch["sat_home"] / "cogagent-9b-20241220")
+    data = scratch["dir"] / "CogAgentData"
+    (data / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(data / "images" / "red.png")
+    line = {"image": "images/red.png", "task": "Press OK", "platform": "WIN",
+            "answer": "Action: Press OK.\nGrounded Operation:CLICK(box=[[100,100,300,200]], element_info='OK')\n"
+                      "<<一般操作>>"}
+    for name in ("train.jsonl", "dev.jsonl"):
+        (data / name).write_text(json.dumps(line, ensure_ascii=False) + "\n")
+    (scratch["dir"] / "checkpoints").unlink()            # the run saves into the scratch folder's own checkpoints/
+    (scratch["dir"] / "checkpoints").mkdir()
+    # A few steps at tiny size; the launcher and data paths are the command's own.
+    result = run("TRAIN_ITERS=4 SAVE_INTERVAL=4 EVAL_INTERVAL=4 EVAL_ITERS=1 MAX_LENGTH=200 "
+                 "EXTRA_ARGS='--eval_max_new_tokens 2' " + fine_tune, scratch)
+    assert (scratch["dir"] / "checkpoints" / "merged-cogagent-9b" / "model_config.json").is_file(), result.stdout
+    screenshot = data / "images" / "red.png"
+    result = run(chat, scratch, substitutions=[("screenshot.png", screenshot), ("--max_length 4096",
+                                                                                "--max_length 120")])
     assert result.stdout.strip()
 
 
 def test_the_agent_parse_example_prints_the_step_in_pixels(scratch):
-    result = run(commands_with("basic_demo/agent_parse.py",
-               "basic_demo/web_demo.py")[0], scratch)
+    result = run(commands_with("basic_demo/agent_parse.py")[0], scratch)
     step = json.loads(result.stdout)
     # The box centre in thousandths, (265, 196.5), on 1920 x 1080 pixels.
     assert (step["operation"], step["sensitive"], step["point"]) == ("CLICK", True, [509, 212])
@@ -232,7 +258,9 @@ def test_the_web_demo_commands_serve_the_page(scratch):
 TESTED_HERE = ("--image checkpoints/captcha-tiny/examples/3640.png", "--from_pretrained /data/cogvlm-chat-v1.1",
                "--from_pretrained cogvlm-chat-v1.1", "torchrun --nproc-per-node=2 basic_demo/cli_demo_sat.py",
                "utils/merge_model.py", "openai_demo/openai_api.py", "openai_demo/openai_api_request.py",
-               "basic_demo/batch_infer.py", "glm-4v-9b", "cogagent-9b-20241220", "basic_demo/agent_parse.py",
+               "basic_demo/batch_infer.py", "--sat $SAT_HOME/glm-4v-9b", "glm-4v-9b --bf16 --stream_chat",
+               '--query "Write one sentence', "cogagent-9b-20241220 --image screenshot.png", "basic_demo/agent_demo.py",
+               "basic_demo/agent_parse.py", "--from_pretrained checkpoints/merged-cogagent-9b",
                "basic_demo/web_demo.py")
 
 
