@@ -16,12 +16,20 @@ engine (utils/inference/engine.py) to --new_tokens with no stop token (bench_bat
 All the modes' models are held in one process and their runs interleaved, round by round, with a bandwidth probe
 per round: memory bandwidth here drifts by tens of percent within minutes, so only ratios within one run compare.
 Timings are medians of --repeats rounds after a short warm-up of every (mode, batch).
+
+With --profile_steps N, a second table shows where a decode step's time goes: N engine steps per (mode, batch)
+under torch.profiler, each operator's own time summed by kind (the weight matmuls, attention, copies and casts,
+sampling, SAT's model-parallel wrappers around every linear, other operators) and, as the rest of the wall time,
+what runs outside any operator: Python (SAT's hooks, the engine's bookkeeping), dispatch, and on a loaded machine
+time spent waiting for a core. Profiling slows a step down: compare the parts, not the step times, with the first
+table.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +43,20 @@ HEADER = ("| checkpoint | mode | batch | load (s) | peak RSS - baseline (MiB) | 
           "| prefill + 1 step (s) | decode tok/s per row | decode tok/s aggregate | vs fp32 | vs batch 1 "
           "| step / floor |")
 WARMUP_TOKENS = 3                       # the fewest bench_batching.run_once takes
+PROFILE_HEADER = ("| checkpoint | mode | batch | profiled step (ms) | matmuls (ms) | attention (ms) "
+                  "| copies and casts (ms) | sampling (ms) | SAT model-parallel wrappers (ms) | other ops (ms) "
+                  "| outside ops: Python, hooks, waiting (ms) |")
+# Operator kinds, by the profiler's operator names (own time, children excluded: aten::linear's is its mm's).
+OP_KINDS = {
+    "matmuls": ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                  "aten::bmm", "aten::baddbmm", "aten::_softmax"),
+    "copies and casts": ("aten::copy_", "aten::_to_copy", "aten::cat", "aten::clone", "aten::index_put_"),
+    "sampling": ("aten::argmax", "aten::topk", "aten::sort", "aten::multinomial"),
+    # SAT's autograd functions around every parallel linear (identities at model-parallel size 1): Python time
+    "SAT model-parallel wrappers": ("_CopyToModelParallelRegion", "_ReduceFromModelParallelRegion",
+                                    "_GatherFromModelParallelRegion", "_ScatterToModelParallelRegion"),
+}
 
 
 @dataclass
@@ -73,6 +95,41 @@ def measure(models: dict, modes: list[str], prompt, batch_sizes: list[int], new_
     return cells, probes
 
 
+def profile_steps(model, prompt, batch_size: int, steps: int) -> dict[str, float]:
+    """Milliseconds per decode step: the wall time ("step"), each OP_KINDS kind's operators, the other operators,
+    and the rest ("outside ops"), over `steps` engine steps of `batch_size` copies of `prompt` after the prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cogvlm.utils.inference.engine import Request, Scheduler
+    from cogvlm.utils.inference.generation import SamplingConfig
+
+    sampling = SamplingConfig(max_length=len(prompt) + steps + 2)
+    scheduler = Scheduler(model, batch_size, sampling.max_length, max_queue=batch_size)
+    for _ in range(batch_size):
+        scheduler.submit(Request(prompt, sampling))
+    scheduler.step()                                                   # the prefill and a first decode step
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(steps):
+            scheduler.step()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    own_ms = {event.key: event.self_cpu_time_total / 1e3 for event in profiler.key_averages()}
+    parts = {kind: sum(own_ms.get(name, 0.0) for name in names) for kind, names in OP_KINDS.items()}
+    parts["other ops"] = sum(own_ms.values()) - sum(parts.values())
+    parts["outside ops"] = wall_ms - sum(own_ms.values())
+    return {"step": wall_ms / steps} | {kind: ms / steps for kind, ms in parts.items()}
+
+
+def profile_rows(name: str, models: dict, modes: list[str], prompt, batch_sizes: list[int], steps: int) -> list[str]:
+    profile_steps(models[modes[0]], prompt, 1, 1)             # the profiler's first use in a process costs extra
+    rows = []
+    for mode in modes:
+        for size in batch_sizes:
+            parts = profile_steps(models[mode], prompt, size, steps)
+            rows.append(f"| {name} | {mode} | {size} | " + " | ".join(f"{ms:.2f}" for ms in parts.values()) + " |")
+    return rows
+
+
 def table_rows(name: str, modes: list[str], batch_sizes: list[int], loads: dict, errors: dict,
                cells: dict[tuple[str, int], Cell]) -> list[str]:
     def aggregate(mode: str, size: int) -> float:
@@ -94,8 +151,8 @@ def table_rows(name: str, modes: list[str], batch_sizes: list[int], loads: dict,
     return rows
 
 
-def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str]:
-    """-> (the checkpoint's table rows, a footnote on its bandwidth probes and RSS baseline)."""
+def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str, list[str]]:
+    """-> (the checkpoint's table rows, a footnote on its bandwidth probes and RSS baseline, its profile rows)."""
     loads = {mode: load_in_fresh_process(checkpoint, mode, args.threads, args.prompt_tokens) for mode in args.modes}
     models = load_models(checkpoint, args.modes)
     prompt = make_prompt(models["fp32"].config, tokenizer_for(Path(checkpoint)), args.prompt_tokens)
@@ -105,12 +162,14 @@ def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str]:
     cells, probes = measure(models, args.modes, prompt, args.batch_sizes, args.new_tokens, args.repeats,
                             args.probe_gib)
     name = Path(checkpoint).name
+    profiled = (profile_rows(name, models, args.modes, prompt, args.batch_sizes, args.profile_steps)
+                if args.profile_steps else [])
     note = (f"{name}: read bandwidth {statistics.median(probes):.1f} GB/s (probes {min(probes):.1f}-"
             f"{max(probes):.1f}), RSS baseline {loads[args.modes[0]]['baseline_mib']:.0f} MiB, "
             f"{sum(p.numel() for p in models['fp32'].parameters()) / 1e6:.1f} M parameters")
     del models
     gc.collect()
-    return table_rows(name, args.modes, args.batch_sizes, loads, errors, cells), note
+    return table_rows(name, args.modes, args.batch_sizes, loads, errors, cells), note, profiled
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,9 +182,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--probe_gib", type=float, default=1.0, help="buffer size of the bandwidth probe")
+    parser.add_argument("--profile_steps", type=int, default=0,
+                        help="also profile this many decode steps per mode and batch size (0: no profile table)")
     args = parser.parse_args(argv)
-    if args.new_tokens <= WARMUP_TOKENS or min(args.batch_sizes) < 1 or args.repeats < 1:
-        parser.error(f"--new_tokens must be more than {WARMUP_TOKENS}, --batch_sizes and --repeats at least 1")
+    if args.new_tokens <= WARMUP_TOKENS or min(args.batch_sizes) < 1 or args.repeats < 1 or args.profile_steps < 0:
+        parser.error(f"--new_tokens must be more than {WARMUP_TOKENS}, --batch_sizes and --repeats at least 1, "
+                     f"--profile_steps at least 0")
     args.modes = list(dict.fromkeys(args.modes))
     args.batch_sizes = list(dict.fromkeys(args.batch_sizes))
     return args
@@ -134,16 +196,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    import sat  # noqa: F401 - SAT logs to stdout when first imported: before the table, not inside it
     print(f"{args.threads} thread(s), prompt {args.prompt_tokens} tokens (image included), {args.new_tokens} new "
           f"tokens per row, medians of {args.repeats} interleaved rounds")
     print(HEADER)
     print("|" + " --- |" * HEADER.count(" | ") + " --- |")
-    notes = []
+    notes, profiled = [], []
     for checkpoint in args.checkpoints:
-        rows, note = bench_checkpoint(checkpoint, args)
+        rows, note, breakdown = bench_checkpoint(checkpoint, args)
         print("\n".join(rows), flush=True)
         notes.append(note)
+        profiled += breakdown
     print("\n".join(notes))
+    if profiled:
+        print(f"\nWhere a decode step's time goes ({args.profile_steps} profiled engine steps per row; see --help)")
+        print(PROFILE_HEADER)
+        print("|" + " --- |" * (PROFILE_HEADER.count(" | ") + 1))
+        print("\n".join(profiled))
 
 
 if __name__ == "__main__":
