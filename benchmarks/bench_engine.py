@@ -15,7 +15,7 @@ engine (utils/inference/engine.py) to --new_tokens with no stop token (bench_bat
                      and values)
 All the modes' models are held in one process and their runs interleaved, round by round, with a bandwidth probe
 per round: memory bandwidth here drifts by tens of percent within minutes, so only ratios within one run compare.
-Timings are medians of --repeats rounds after a short warm-up of every (mode, batch).
+Timings are medians of --repeats rounds after a short warm-up of every mode.
 
 With --profile_steps N, a second table shows where a decode step's time goes: N engine steps per (mode, batch)
 under torch.profiler, each operator's own time summed by kind (the weight matmuls, attention, copies and casts,
@@ -81,9 +81,8 @@ def measure(models: dict, modes: list[str], prompt, batch_sizes: list[int], new_
     context = len(prompt) + new_tokens // 2                 # cache positions an average decode step reads
     steps = new_tokens - 2                                  # bench_batching.run_once times the steps after the first
     cells = {(mode, size): Cell() for mode in modes for size in batch_sizes}
-    for mode in modes:
-        for size in batch_sizes:
-            run_batch(models[mode], prompt, size, WARMUP_TOKENS)
+    for mode in modes:                   # first calls of each model's kernels; a batch-16 prefill would add nothing
+        run_batch(models[mode], prompt, 1, WARMUP_TOKENS)
     probes = []
     for _ in range(repeats):
         probes.append(read_bandwidth_gbs(probe_gib, repeats=3))
