@@ -37,7 +37,14 @@ import torch
 
 from bench_batching import run_once as run_batch
 from bench_generation import EMBEDDED, decode_bytes, make_prompt, read_bandwidth_gbs, tokenizer_for
-from bench_quantization import MODES, last_logits, load_in_fresh_process
+from bench_quantization import MODES as LOAD_MODES
+from bench_quantization import last_logits, load_in_fresh_process
+from cogvlm.utils.quantization.weight_only import QuantConfig
+
+# mode -> (compute dtype, quantisation); "int8+compile" is int8 with QuantConfig.compile_decode (the same weights:
+# its load is measured as int8's)
+MODES = LOAD_MODES | {"int8+compile": (torch.float32, QuantConfig(8, compile_decode=True))}
+LOADED_AS = {mode: mode for mode in LOAD_MODES} | {"int8+compile": "int8"}
 
 HEADER = ("| checkpoint | mode | batch | load (s) | peak RSS - baseline (MiB) | logit error vs fp32 "
           "| prefill + 1 step (s) | decode tok/s per row | decode tok/s aggregate | vs fp32 | vs batch 1 "
@@ -46,9 +53,11 @@ WARMUP_TOKENS = 3                       # the fewest bench_batching.run_once tak
 PROFILE_HEADER = ("| checkpoint | mode | batch | profiled step (ms) | matmuls (ms) | attention (ms) "
                   "| copies and casts (ms) | sampling (ms) | SAT model-parallel wrappers (ms) | other ops (ms) "
                   "| outside ops: Python, hooks, waiting (ms) |")
-# Operator kinds, by the profiler's operator names (own time, children excluded: aten::linear's is its mm's).
+# Operator kinds, by the start of the profiler's event names (own time, children excluded: aten::linear's is its
+# mm's). A compiled graph (int8+compile's one-row matmul) is one event, "## Call CompiledFxGraph <hash> ##".
 OP_KINDS = {
-    "matmuls": ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu"),
+    "matmuls": ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
+                "## Call CompiledFxGraph"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                   "aten::bmm", "aten::baddbmm", "aten::_softmax"),
     "copies and casts": ("aten::copy_", "aten::_to_copy", "aten::cat", "aten::clone", "aten::index_put_"),
@@ -113,7 +122,7 @@ def profile_steps(model, prompt, batch_size: int, steps: int) -> dict[str, float
             scheduler.step()
         wall_ms = (time.perf_counter() - start) * 1e3
     own_ms = {event.key: event.self_cpu_time_total / 1e3 for event in profiler.key_averages()}
-    parts = {kind: sum(own_ms.get(name, 0.0) for name in names) for kind, names in OP_KINDS.items()}
+    parts = {kind: sum(ms for key, ms in own_ms.items() if key.startswith(names)) for kind, names in OP_KINDS.items()}
     parts["other ops"] = sum(own_ms.values()) - sum(parts.values())
     parts["outside ops"] = wall_ms - sum(own_ms.values())
     return {"step": wall_ms / steps} | {kind: ms / steps for kind, ms in parts.items()}
@@ -150,9 +159,19 @@ def table_rows(name: str, modes: list[str], batch_sizes: list[int], loads: dict,
     return rows
 
 
-def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str, list[str]]:
+def measure_loads(checkpoint: str, args) -> dict[str, dict]:
+    """mode -> its load time, RSS baseline and peak (bench_quantization.measure_load in a fresh process). Run before
+    this process loads any model: a child's peak RSS starts at its parent's RSS when it is forked."""
+    measured = {}
+    for mode in args.modes:
+        if LOADED_AS[mode] not in measured:
+            measured[LOADED_AS[mode]] = load_in_fresh_process(checkpoint, LOADED_AS[mode], args.threads,
+                                                              args.prompt_tokens)
+    return {mode: measured[LOADED_AS[mode]] for mode in args.modes}
+
+
+def bench_checkpoint(checkpoint: str, loads: dict[str, dict], args) -> tuple[list[str], str, list[str]]:
     """-> (the checkpoint's table rows, a footnote on its bandwidth probes and RSS baseline, its profile rows)."""
-    loads = {mode: load_in_fresh_process(checkpoint, mode, args.threads, args.prompt_tokens) for mode in args.modes}
     models = load_models(checkpoint, args.modes)
     prompt = make_prompt(models["fp32"].config, tokenizer_for(Path(checkpoint)), args.prompt_tokens)
     reference = last_logits(models["fp32"], prompt)
@@ -161,7 +180,7 @@ def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str, list[str]]:
     cells, probes = measure(models, args.modes, prompt, args.batch_sizes, args.new_tokens, args.repeats,
                             args.probe_gib)
     name = Path(checkpoint).name
-    profiled = (profile_rows(name, models, args.modes, prompt, args.batch_sizes, args.profile_steps)
+    profiled = (profile_rows(name, models, args.modes, prompt, args.profile_batch_sizes, args.profile_steps)
                 if args.profile_steps else [])
     note = (f"{name}: read bandwidth {statistics.median(probes):.1f} GB/s (probes {min(probes):.1f}-"
             f"{max(probes):.1f}), RSS baseline {loads[args.modes[0]]['baseline_mib']:.0f} MiB, "
@@ -174,7 +193,8 @@ def bench_checkpoint(checkpoint: str, args) -> tuple[list[str], str, list[str]]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", default=[str(EMBEDDED)])
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(LOAD_MODES),
+                        help="int8+compile: int8 with one-row matmuls compiled (QuantConfig.compile_decode)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--prompt_tokens", type=int, default=96, help="image slot included")
     parser.add_argument("--new_tokens", type=int, default=32)
@@ -182,9 +202,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--probe_gib", type=float, default=1.0, help="buffer size of the bandwidth probe")
     parser.add_argument("--profile_steps", type=int, default=0,
-                        help="also profile this many decode steps per mode and batch size (0: no profile table)")
+                        help="also profile this many decode steps per mode at each --profile_batch_sizes (0: no profile table)")
+    parser.add_argument("--profile_batch_sizes", type=int, nargs="+", default=[1])
     args = parser.parse_args(argv)
-    if args.new_tokens <= WARMUP_TOKENS or min(args.batch_sizes) < 1 or args.repeats < 1 or args.profile_steps < 0:
+    sizes = args.batch_sizes + args.profile_batch_sizes
+    if args.new_tokens <= WARMUP_TOKENS or min(sizes) < 1 or args.repeats < 1 or args.profile_steps < 0:
         parser.error(f"--new_tokens must be more than {WARMUP_TOKENS}, --batch_sizes and --repeats at least 1, "
                      f"--profile_steps at least 0")
     args.modes = list(dict.fromkeys(args.modes))
@@ -200,9 +222,10 @@ def main(argv=None) -> None:
           f"tokens per row, medians of {args.repeats} interleaved rounds")
     print(HEADER)
     print("|" + " --- |" * HEADER.count(" | ") + " --- |")
+    loads = {checkpoint: measure_loads(checkpoint, args) for checkpoint in args.checkpoints}
     notes, profiled = [], []
     for checkpoint in args.checkpoints:
-        rows, note, breakdown = bench_checkpoint(checkpoint, args)
+        rows, note, breakdown = bench_checkpoint(checkpoint, loads[checkpoint], args)
         print("\n".join(rows), flush=True)
         notes.append(note)
         profiled += breakdown
