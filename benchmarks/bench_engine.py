@@ -202,7 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--probe_gib", type=float, default=1.0, help="buffer size of the bandwidth probe")
     parser.add_argument("--profile_steps", type=int, default=0,
-                        help="also profile this many decode steps per mode at each --profile_batch_sizes (0: no profile table)")
+                        help="also profile this many decode steps per mode and --profile_batch_sizes (0: none)")
     parser.add_argument("--profile_batch_sizes", type=int, nargs="+", default=[1])
     args = parser.parse_args(argv)
     sizes = args.batch_sizes + args.profile_batch_sizes

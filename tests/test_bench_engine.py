@@ -37,7 +37,7 @@ def ratio(cell: str) -> float:
 def test_prints_a_row_per_checkpoint_mode_and_batch_size_and_a_profile():
     result = run("--checkpoints", "checkpoints/captcha-tiny", str(COGAGENT_TINY / "checkpoint"), "--batch_sizes", "1",
                  "2", "--prompt_tokens", "70", "--new_tokens", "5", "--repeats", "1", "--threads", "1",
-                 "--probe_gib", "0.01", "--profile_steps", "2")
+                 "--probe_gib", "0.01", "--profile_steps", "2", "--profile_batch_sizes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     speed, profile = split_tables(lines)
@@ -66,7 +66,7 @@ def test_prints_a_row_per_checkpoint_mode_and_batch_size_and_a_profile():
 
     header, rule, *rows = profile
     assert header[3:5] == ["profiled step (ms)", "matmuls (ms)"] and rule == ["---"] * len(header)
-    assert [row[:3] for row in rows] == expected_keys
+    assert [row[:3] for row in rows] == [[name, mode, "2"] for name in CHECKPOINTS for mode in MODES]
     for row in rows:
         step, *parts = map(float, row[3:])
         assert all(math.isfinite(part) for part in parts) and step > 0 and float(row[4]) > 0
