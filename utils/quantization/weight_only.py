@@ -10,7 +10,8 @@ unchanged; only its `weight` parameter is replaced by a `QuantizedWeight`, a ten
 `F.linear(x, weight, bias)` with a weight-only kernel. So the model code stays single-device code and, under model
 parallelism, each rank quantises the shard it holds.
 
-Formats (PyTorch's own weight-only kernels; torchao is not installable here):
+Formats (PyTorch's own weight-only kernels; torchao 0.18 adds no faster CPU path: its CPU int4 layout calls the same
+int4 kernel, its eager int8 weight-only linear converts the whole weight to the activation dtype at every call):
     int8   symmetric per output channel: w = q * scale, q in [-127, 127]; torch.ops.aten._weight_int8pack_mm
     int4   asymmetric per group of `group_size` input features: w = (q - 8) * scale + zero, q in [0, 15];
            torch.ops.aten._weight_int4pack_mm_for_cpu on the packed layout of _convert_weight_to_int4pack_for_cpu
