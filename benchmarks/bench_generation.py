@@ -42,19 +42,28 @@ def read_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
     return buffer.numel() * 4 / best / 1e9
 
 
-def decode_bytes(model) -> int:
-    """Bytes one decode step must read: the decoder's language weights and the LM head (a generated token
-    never touches the image encoders, the adapter or the visual experts; it reads one embedding row), and for
-    CogAgent the cached cross keys/values of every layer."""
-    weights = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-                  if not name.startswith(("mixins.image.", "mixins.cross_vision.")) and "vision_" not in name
-                  and "word_embeddings" not in name)
-    cross = model.config.cross_image_size
-    if cross is None:
-        return weights
-    layer = model.transformer.layers[0].cross_attention
-    cross_kv_per_layer = 2 * layer.inner_hidden_size * model.config.cross_vision.num_patches * model.dtype.itemsize
-    return weights + len(model.transformer.layers) * cross_kv_per_layer
+def decode_bytes(model, batch_size: int = 1, context: int = 0) -> int:
+    """Bytes one decode step of `batch_size` rows must read: the decoder's language weights and the LM head (a
+    generated token never touches the image encoders, the adapter or the visual experts, and reads one embedding
+    row), as stored (quantised weights: their integers and scales), and per row the cached keys/values of
+    `context` positions and, for CogAgent, the cross keys/values of every layer (projected once, at prefill: the
+    cross key_value weights are not read again)."""
+    from cogvlm.utils.quantization.weight_only import QuantizedWeight
+
+    def read_per_token(name: str) -> bool:
+        return (not name.startswith(("mixins.image.", "mixins.cross_vision.")) and "vision_" not in name
+                and "word_embeddings" not in name and "cross_attention.key_value" not in name)
+
+    weights = sum(p.nbytes for name, p in model.named_parameters() if read_per_token(name))
+    weights += sum(m.weight.packed.nbytes + m.weight.scales.nbytes for name, m in model.named_modules()
+                   if isinstance(getattr(m, "weight", None), QuantizedWeight) and read_per_token(name))
+    probe = model.new_kv_cache(batch_size=1, max_length=1)                   # one position of one row
+    per_row = context * (probe.keys.nbytes + probe.values.nbytes)
+    if model.config.cross_image_size is not None:
+        layer = model.transformer.layers[0].cross_attention
+        per_row += (len(model.transformer.layers) * 2 * layer.inner_hidden_size
+                    * model.config.cross_vision.num_patches * model.dtype.itemsize)
+    return weights + batch_size * per_row
 
 
 def tokenizer_for(checkpoint: Path) -> LlamaTokenizer:
@@ -109,7 +118,7 @@ def main(argv=None) -> None:
     runs = [run_once(model, prompt, args.new_tokens) for _ in range(args.repeats)]
     generation_rss = peak_rss_gib()
     bandwidth = read_bandwidth_gbs(args.probe_gib)
-    floor_ms = decode_bytes(model) / bandwidth / 1e6
+    floor_ms = decode_bytes(model, context=len(prompt) + args.new_tokens // 2) / bandwidth / 1e6
     ttft = statistics.median(r[0] for r in runs)
     speed = statistics.median(r[1] for r in runs)
     params = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,8 @@ unchanged; only its `weight` parameter is replaced by a `QuantizedWeight`, a ten
 `F.linear(x, weight, bias)` with a weight-only kernel. So the model code stays single-device code and, under model
 parallelism, each rank quantises the shard it holds.
 
-Formats (PyTorch's own weight-only kernels; torchao is not installable here):
+Formats (PyTorch's own weight-only kernels; torchao 0.18 adds no faster CPU path: its CPU int4 layout calls the same
+int4 kernel, its eager int8 weight-only linear converts the whole weight to the activation dtype at every call):
     int8   symmetric per output channel: w = q * scale, q in [-127, 127]; torch.ops.aten._weight_int8pack_mm
     int4   asymmetric per group of `group_size` input features: w = (q - 8) * scale + zero, q in [0, 15];
            torch.ops.aten._weight_int4pack_mm_for_cpu on the packed layout of _convert_weight_to_int4pack_for_cpu
@@ -19,9 +20,17 @@ On this CPU (AVX2, no native bf16 matmul) both kernels are fast only with bf16 a
 (group 32) 251 us with bf16, 4280 us with fp32. So on CPU the activations of a quantised linear are cast to bf16
 for the kernel and the output back to the compute dtype. Elsewhere (CUDA) the weight is
 dequantised into the compute dtype for each call: correct, not fast (the CPU kernels are what is measured here).
+
+`QuantConfig(8, compile_decode=True)` sends one-row int8 matmuls (a decode step at batch 1) on CPU through a
+reduction that torch.compile turns into one vectorised loop instead (fp32 activations, the weight converted in
+registers, never materialised): on this AVX2 CPU, one thread, it takes 230-340 us for the 2816x1024 / 1024x2816 /
+3072x1024 weights where _weight_int8pack_mm takes 360-610 us and fp32 F.linear 920-1010 us. Several rows go to
+the kernel, which is faster from about 8 rows on. The compile is made once per process (about 25 s, then cached by
+inductor on disk) with dynamic shapes, so that every layer shares it; hence opt-in.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,10 +57,13 @@ class QuantConfig:
     bits: int                                  # 8 or 4
     group_size: int = DEFAULT_INT4_GROUP_SIZE  # int4 only: input features sharing one scale and zero
     include_vision: bool = False               # also quantise the vision towers and the adapter
+    compile_decode: bool = False               # int8 only: one-row matmuls on CPU through torch.compile
 
     def __post_init__(self):
         if self.bits not in (8, 4):
             raise QuantizationError(f"--quant {self.bits}: only 8 and 4 bits are supported")
+        if self.compile_decode and self.bits != 8:
+            raise QuantizationError("compile_decode applies to int8 weights only")
         if self.bits == 4 and self.group_size not in INT4_GROUP_SIZES:
             raise QuantizationError(f"int4 group size {self.group_size} is not one of "
                                     f"{', '.join(map(str, INT4_GROUP_SIZES))}")
@@ -77,12 +89,15 @@ class QuantizedWeight(torch.Tensor):
     scales: torch.Tensor        # int8: (out,) | int4: (in / group, out, 2) scale and zero; in KERNEL_DTYPE
     bits: int
     group_size: int
+    compile_decode: bool        # one-row int8 matmuls through compiled_int8_gemv (see the module's docstring)
 
     @staticmethod
-    def __new__(cls, packed, scales, bits: int, group_size: int, shape: torch.Size, dtype: torch.dtype):
+    def __new__(cls, packed, scales, bits: int, group_size: int, shape: torch.Size, dtype: torch.dtype,
+                compile_decode: bool = False):
         weight = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=packed.device,
                                                      requires_grad=False)
         weight.packed, weight.scales, weight.bits, weight.group_size = packed, scales, bits, group_size
+        weight.compile_decode = compile_decode
         return weight
 
     def __repr__(self) -> str:
@@ -104,7 +119,10 @@ class QuantizedWeight(torch.Tensor):
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in) -> (..., out) in x's dtype."""
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and self.compile_decode and x.numel() == x.shape[-1]:           # one row
+            out = compiled_int8_gemv()(x.reshape(1, -1), self.packed, self.scales)                 # (1, out) fp32
+            out = out.to(x.dtype).view(*x.shape[:-1], -1)
+        elif x.device.type == "cpu":
             flat = x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE)                             # (rows, in)
             out = self._cpu_kernel(flat).to(x.dtype).view(*x.shape[:-1], -1)                # (..., out)
         else:
@@ -118,7 +136,7 @@ class QuantizedWeight(torch.Tensor):
 
     def to_device(self, device: str | torch.device) -> "QuantizedWeight":
         return QuantizedWeight(self.packed.to(device), self.scales.to(device), self.bits, self.group_size,
-                               self.shape, self.dtype)
+                               self.shape, self.dtype, self.compile_decode)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The (out, in) weight the integers stand for (through the kernel on CPU: no unpacking code of ours)."""
@@ -128,6 +146,18 @@ class QuantizedWeight(torch.Tensor):
             raise NotImplementedError("int4 weights are packed for the CPU kernel; dequantise them on CPU")
         eye = torch.eye(self.shape[1], dtype=KERNEL_DTYPE)
         return self._cpu_kernel(eye).t().to(dtype)
+
+
+def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (1, in), packed (out, in) int8, scales (out,) -> (1, out) fp32. Written as a broadcast product and a sum
+    (not a matmul) so that inductor fuses the int8 -> fp32 conversion into one reduction loop over the weight."""
+    return (x.float()[:, None, :] * packed[None].float()).sum(-1) * scales.float()                # (1, out)
+
+
+@functools.cache
+def compiled_int8_gemv():
+    """int8_gemv compiled once per process, for every weight shape (dynamic shapes)."""
+    return torch.compile(int8_gemv, dynamic=True)
 
 
 def kernel_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -150,7 +180,8 @@ def _row_chunks(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return weight.detach().split(rows)
 
 
-def quantize_int8(weight: torch.Tensor, dtype: torch.dtype | None = None) -> QuantizedWeight:
+def quantize_int8(weight: torch.Tensor, dtype: torch.dtype | None = None, compile_decode: bool = False
+                  ) -> QuantizedWeight:
     """Symmetric per-output-channel int8 of an (out, in) weight."""
     integers, scales = [], []
     for rows in _row_chunks(weight):
@@ -158,7 +189,8 @@ def quantize_int8(weight: torch.Tensor, dtype: torch.dtype | None = None) -> Qua
         scale = kernel_scale(w.abs().amax(dim=1) / INT8_MAX)                                      # (r,)
         integers.append((w / scale.float()[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8))
         scales.append(scale)
-    return QuantizedWeight(torch.cat(integers), torch.cat(scales), 8, 0, weight.shape, dtype or weight.dtype)
+    return QuantizedWeight(torch.cat(integers), torch.cat(scales), 8, 0, weight.shape, dtype or weight.dtype,
+                           compile_decode)
 
 
 def _int4_rows(rows: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +225,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int = DEFAULT_INT4_GROUP_SIZ
 def quantize(weight: torch.Tensor, config: QuantConfig, dtype: torch.dtype | None = None,
              name: str = "a linear") -> QuantizedWeight:
     if config.bits == 8:
-        return quantize_int8(weight, dtype)
+        return quantize_int8(weight, dtype, config.compile_decode)
     return quantize_int4(weight, config.group_size, dtype, name)
 
 
