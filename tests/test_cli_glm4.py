@@ -1,9 +1,7 @@
 """GLM-4V-9B and CogAgent-9B end to end, as users run them: the fixtures' HF folders (weights regenerated from the
 recipe, config.json, the real GLM-4 tokenizer.model) converted with utils/convert_hf_checkpoint.py, then
 basic_demo/cli_demo_sat.py and ChatModel answer every fixture case with the published greedy text. `--max_length`
-counts the prompt with its image tokens: the fixtures' 8 new tokens need exactly the expanded length + 8.
-
-Needs the model (models/glm4v.py) and tests/glm4v_reference.py, both from the glm4model branch."""
+counts the prompt with its image tokens: the fixtures' 8 new tokens need exactly the expanded length + 8."""
 from __future__ import annotations
 
 import importlib.util
