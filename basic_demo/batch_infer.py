@@ -40,14 +40,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
-from cogvlm.utils.inference.options import add_decoding_arguments
-from cogvlm.utils.quantization.options import add_quant_arguments
+from cogvlm import warn_if_other_checkout
+from cogvlm.basic_demo.cli_demo_sat import (EXIT_INTERRUPTED, add_model_arguments, add_sampling_arguments,
+                                            check_common_arguments)
 
-DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
-DEFAULT_VERSION = "chat"
 DEFAULT_BATCH_SIZE = 8
-EXIT_INTERRUPTED = 130          # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 URL_PREFIXES = ("http://", "https://")
 
 
@@ -66,32 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--retry_errors", action="store_true",
                         help="try again the items whose earlier error lines are in --output (they are removed)")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="requests generated together")
-    parser.add_argument("--max_length", type=int, default=2048, help="max tokens of prompt + answer")
-    parser.add_argument("--top_p", type=float, default=0.4, help="nucleus sampling mass")
-    parser.add_argument("--top_k", type=int, default=1, help="top-k sampling; 1 is greedy")
-    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
-    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="penalty for repeated tokens")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (each request's own)")
-    parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
-                        help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
-                             f"overrides it")
-    add_quant_arguments(parser)
-    add_decoding_arguments(parser)
-    parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
-    parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5",
-                        help="tokenizer.model file or folder (default: the checkpoint's own, else the HF cache)")
-    parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--bf16", action="store_true")
+    add_sampling_arguments(parser)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.images is not None and not args.query:
         parser.error("--images needs --query")
-    if args.fp16 and args.bf16:
-        parser.error("choose one of --fp16 and --bf16")
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
-    if args.max_length < 2:
-        parser.error("--max_length must be at least 2")
+    check_common_arguments(parser, args)
     return args
 
 

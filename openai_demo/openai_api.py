@@ -19,29 +19,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from cogvlm import PACKAGE_ROOT, warn_if_other_checkout
+from cogvlm import warn_if_other_checkout
+from cogvlm.basic_demo.cli_demo_sat import add_model_arguments, check_common_arguments
 from cogvlm.utils.inference.messages import message
-from cogvlm.utils.inference.options import add_decoding_arguments
-from cogvlm.utils.quantization.options import add_quant_arguments
 
-DEFAULT_CHECKPOINT = PACKAGE_ROOT / "checkpoints" / "captcha-tiny"
-DEFAULT_VERSION = "chat"
 MEGABYTE = 1024 * 1024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from_pretrained", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint folder, or a published name under $SAT_HOME (e.g. cogvlm-chat-v1.1)")
-    parser.add_argument("--local_tokenizer", default="lmsys/vicuna-7b-v1.5",
-                        help="tokenizer.model file or folder (default: the checkpoint's own, else the HF cache)")
-    parser.add_argument("--version", default=None, choices=["chat", "vqa", "chat_old", "base"],
-                        help=f"prompt template (default {DEFAULT_VERSION}); a checkpoint's text_processor_version "
-                             f"overrides it")
-    add_quant_arguments(parser)
-    add_decoding_arguments(parser)
-    parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--bf16", action="store_true")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model_name", default=None,
@@ -60,10 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow_text_only", action="store_true",
                         help="answer questions without an image (by default an image is required, as in the CLI)")
     args = parser.parse_args(argv)
-    if args.fp16 and args.bf16:
-        parser.error(message("fp16_and_bf16"))
-    if args.max_length < 2:
-        parser.error(message("max_length_too_small"))
+    check_common_arguments(parser, args)
     if args.num_slots < 1 or args.max_queue < 1:
         parser.error("--num_slots and --max_queue must be at least 1")
     if args.max_image_mb <= 0 or args.image_url_deadline <= 0:
