@@ -174,9 +174,7 @@ class ChatModel:
         tokenizer = resolve_tokenizer(local_tokenizer, checkpoint_dir, model_config.get("vocab_size"), GLM4Tokenizer)
         model, config = load_model(checkpoint_dir, dtype=dtype, device=device,
                                    model_parallel_size=model_parallel_size, quant=quant)
-        image_size = model_config["eva_args"]["image_size"]
-        image = ImageProcessor(image_size[0] if isinstance(image_size, list) else image_size)
-        processor = GLM4Processor(tokenizer, image, model_inputs_builder(config))
+        processor = GLM4Processor(tokenizer, ImageProcessor(config.vision.image_size), model_inputs_builder(config))
         return cls(model, config, tokenizer, processor.version, processor, compile, prefill_dtype)
 
     @property
